@@ -1,0 +1,94 @@
+"""pushplan's one settings class: profiles, paths and service URLs, read from PUSHPLAN_* variables.
+
+Nothing here runs at import time: call `get_settings()` (cached) where settings are needed, so
+importing any module never reads the environment or touches the disk.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Profile(StrEnum):
+    """Which kind of backing services one code path runs on (DESIGN.md, "Profiles")."""
+
+    local = "local"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the defaults a laptop needs (`local` profile)."""
+
+    model_config = SettingsConfigDict(env_prefix="PUSHPLAN_", env_file=None, extra="ignore")
+
+    profile: Profile = Profile.local
+    data_dir: Path = Field(
+        default=Path(".pushplan"),
+        description="Root of everything pushplan stores on disk: the event store (parquet), "
+        "and in the local profile the SQLite files too.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for the production profile (online features, caps, broker)."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL for the production profile, as a SQLAlchemy URL "
+        "(postgresql+psycopg://user@host:5432/db).",
+    )
+    default_timezone: str = Field(
+        default="UTC", description="Time zone of users whose own zone is missing from their profile."
+    )
+    import_chunk_rows: int = Field(
+        default=250_000,
+        ge=1_000,
+        description="Rows validated and staged at a time by `events import`; bounds its memory.",
+    )
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone name") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_services(self) -> Settings:
+        # Defaulting production to localhost would hide a missing configuration until the first
+        # request; refusing at start-up names the variable to set instead.
+        if self.profile is Profile.production:
+            missing = [
+                f"PUSHPLAN_{name.upper()}"
+                for name in ("redis_url", "database_url")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"the production profile needs {' and '.join(missing)} to be set")
+        return self
+
+    @property
+    def events_dir(self) -> Path:
+        """Events as parquet, hive-partitioned by UTC event date (`event_date=YYYY-MM-DD/`)."""
+        return self.data_dir / "events"
+
+    @property
+    def users_path(self) -> Path:
+        return self.data_dir / "users" / "users.parquet"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Imports write here first, so a refused file leaves nothing in the store."""
+        return self.data_dir / "staging"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

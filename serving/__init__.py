@@ -1,0 +1,1 @@
+"""Serving: the FastAPI plan service and the planner (arrives with the serving issue)."""
