@@ -30,6 +30,9 @@ lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+bench: $(STAMP) ## Run the benchmarks (figures go in docs/benchmarks.md)
+	$(BIN)/python -m benchmarks.run
+
 format: $(STAMP) ## Format and autofix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -37,4 +40,4 @@ format: $(STAMP) ## Format and autofix with ruff
 clean: ## Remove the virtual environment and local data
 	rm -rf $(VENV) .pushplan .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv demo test lint format clean
+.PHONY: help venv demo test lint bench format clean

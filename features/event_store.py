@@ -34,6 +34,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from features.schema import (
     EVENT_SCHEMA,
+    TEXT,
     Kind,
     RowsRefused,
     check_columns,
@@ -113,7 +114,7 @@ class _Source:
     def chunks(self, advance: Progress | None, task: object) -> Iterator[pd.DataFrame]:
         if self.is_parquet:
             for batch in self._parquet.iter_batches(batch_size=self.chunk_rows):
-                frame = batch.to_pandas()
+                frame = batch.to_pandas(types_mapper=_arrow_strings)
                 if advance is not None:
                     advance.update(task, advance=len(frame))  # type: ignore[arg-type]
                 yield frame
@@ -131,7 +132,7 @@ class _Source:
             buffered: list[pd.DataFrame] = []
             rows = 0
             for batch in reader:
-                buffered.append(batch.to_pandas())
+                buffered.append(batch.to_pandas(types_mapper=_arrow_strings))
                 rows += batch.num_rows
                 if advance is not None:
                     advance.update(task, completed=handle.tell())  # type: ignore[arg-type]
@@ -140,6 +141,10 @@ class _Source:
                     buffered, rows = [], 0
             if buffered:
                 yield pd.concat(buffered, ignore_index=True)
+
+
+def _arrow_strings(kind: pa.DataType) -> object:
+    return TEXT if pa.types.is_string(kind) or pa.types.is_large_string(kind) else None
 
 
 class _Utf8Sig:
@@ -269,7 +274,8 @@ class EventStore:
             raise _refusal(source.path, problems, total)
         existing = self.read_users()
         changed = _changed_rows(existing, users)
-        merged = pd.concat([existing[~existing["user_id"].isin(users["user_id"])], users], ignore_index=True)
+        kept = existing[~existing["user_id"].isin(users["user_id"])]
+        merged = pd.concat([kept, users], ignore_index=True) if not kept.empty else users
         merged = merged.sort_values("user_id", ignore_index=True)
         try:
             table = pa.Table.from_pandas(merged, preserve_index=False)

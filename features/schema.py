@@ -49,7 +49,8 @@ EVENT_SCHEMA = pa.schema(
 )
 
 MAX_REPORTED_PROBLEMS = 5
-_OFFSET_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+# A clock time followed by Z or an offset; a date alone, or a time without an offset, names no instant.
+_OFFSET_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
 
@@ -135,16 +136,28 @@ def _iana_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+# Arrow-backed strings keep the per-cell work (strip, compare, membership) in Arrow's C++ kernels.
+TEXT = pd.StringDtype("pyarrow")
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    return values if values.dtype == TEXT else values.astype(TEXT)
+
+
 def _is_missing(values: pd.Series) -> pd.Series:
-    return values.isna() | (values.astype("string").str.strip() == "")
+    if pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype):
+        text = _as_text(values).str.strip()
+        blank = text.isna() | (text == "")
+        return pd.Series(blank.to_numpy(dtype=bool, na_value=True), index=values.index)
+    return values.isna()
 
 
 def _text(chk: _Checker, frame: pd.DataFrame, column: str, *, required: bool) -> pd.Series:
-    values = frame[column]
-    missing = _is_missing(values)
+    text = _as_text(frame[column]).str.strip()
+    missing = _is_missing(text)
     if required:
         chk.flag(missing, column, "is empty")
-    return values.where(~missing, None).astype(object).map(lambda v: v if v is None else str(v).strip())
+    return text.where(~missing)
 
 
 def _timestamp(chk: _Checker, frame: pd.DataFrame, column: str, *, required: bool) -> pd.Series:
@@ -158,8 +171,8 @@ def _timestamp(chk: _Checker, frame: pd.DataFrame, column: str, *, required: boo
     if pd.api.types.is_datetime64_dtype(values.dtype):
         chk.flag(~missing, column, "has no time zone (store timestamps in UTC or with an offset)")
         return pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
-    text = values.astype("string").str.strip()
-    no_offset = ~missing & ~text.str.contains(_OFFSET_SUFFIX, regex=True).fillna(False)
+    text = _as_text(values).str.strip()
+    no_offset = ~missing & ~text.str.contains(_OFFSET_SUFFIX, regex=True).to_numpy(dtype=bool, na_value=False)
     chk.flag(no_offset, column, lambda i: f"{text.iloc[i]!r} has no UTC offset (write Z or +HH:MM)")
     parsed = pd.to_datetime(text.where(~missing & ~no_offset), utc=True, format="ISO8601", errors="coerce")
     chk.flag(
@@ -186,15 +199,15 @@ def _boolean(chk: _Checker, frame: pd.DataFrame, column: str, *, required: bool)
     missing = _is_missing(values)
     if required:
         chk.flag(missing, column, "is empty (write true or false)")
-    text = values.astype("string").str.strip().str.lower()
-    truthy, falsy = text.isin(_TRUE).fillna(False), text.isin(_FALSE).fillna(False)
+    text = _as_text(values).str.strip().str.lower()
+    truthy, falsy = text.isin(_TRUE).to_numpy(dtype=bool), text.isin(_FALSE).to_numpy(dtype=bool)
     chk.flag(~missing & ~truthy & ~falsy, column, lambda i: f"{values.iloc[i]!r} is not true or false")
     return pd.Series(np.asarray(truthy, dtype=bool), index=frame.index)
 
 
 def _choice(chk: _Checker, values: pd.Series, column: str, allowed: type[StrEnum]) -> None:
     names = {member.value for member in allowed}
-    bad = values.notna() & ~values.isin(names)
+    bad = values.notna().to_numpy() & ~values.isin(names).to_numpy(dtype=bool)
     chk.flag(bad, column, lambda i: f"{values.iloc[i]!r} is not one of {', '.join(sorted(names))}")
 
 
@@ -214,7 +227,7 @@ def validate_events(frame: pd.DataFrame, first_row: int) -> pa.Table:
         out[column] = (
             _text(chk, frame, column, required=False)
             if column in frame
-            else pd.Series(None, index=frame.index, dtype=object)
+            else pd.Series(None, index=frame.index, dtype=TEXT)
         )
     _choice(chk, out["channel"], "channel", Channel)
     for column in ("value", "propensity"):

@@ -28,6 +28,20 @@ out = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def _configured() -> None:
+    """Read the settings before any command, so a bad PUSHPLAN_* variable is one clear line."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = "PUSHPLAN_" + "_".join(map(str, problem["loc"])).upper() if problem["loc"] else "settings"
+            err.print(f"[red]configuration error[/] ({where}): {problem['msg']}", highlight=False)
+        raise typer.Exit(code=2) from None
+
+
 @app.command()
 def simulate(
     out_dir: Annotated[
@@ -105,6 +119,24 @@ def events_stats(
     table.add_row("first", str(stats.first))
     table.add_row("last", str(stats.last))
     out.print(table)
+
+
+@app.command()
+def check() -> None:
+    """Check that the active profile's services (data dir; Redis and PostgreSQL in production) answer."""
+    from pushplan.services import check_services
+
+    settings = get_settings()
+    statuses = check_services(settings)
+    table = Table(title=f"profile {settings.profile}")
+    for column in ("service", "target", "status"):
+        table.add_column(column)
+    for status in statuses:
+        mark = "[green]ok[/]" if status.ok else "[red]down[/]"
+        table.add_row(status.name, status.target, f"{mark} {status.detail}")
+    out.print(table)
+    if not all(status.ok for status in statuses):
+        raise typer.Exit(code=1)
 
 
 @app.command()

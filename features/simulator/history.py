@@ -82,6 +82,8 @@ def simulate(
     pushes, campaigns, unsubscribed = _past_pushes(population, rng, progress)
 
     events = pd.concat([app_opens, purchases, pushes], ignore_index=True)
+    # Cold-start users signed up in the last hours: whatever they did there is not history yet.
+    events = events[~events["user_id"].isin(population.user_id[population.cold_start])]
     events = events.sort_values(["timestamp", "event_id"], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     events.to_parquet(out / "events.parquet", index=False)

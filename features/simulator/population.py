@@ -71,6 +71,7 @@ OPENS_PER_CLICK = 2.5
 MAX_CLICK = 0.95
 FATIGUE_WINDOW = timedelta(days=7)
 COLD_START_SHARE = 0.03
+NEVER = 1_000_000  # a churn day no simulation reaches
 _EVENT_NAMESPACE = uuid.UUID("5b0d7e58-3f63-4d0c-9a8e-6f1f3c2b9e11")
 _NS_PER_S = 1_000_000_000
 
@@ -96,8 +97,8 @@ class Population:
     organic_rate: np.ndarray  # purchases per day without any push
     activity_rate: np.ndarray  # app opens per day
     signup_at: np.ndarray  # datetime64[s], UTC
-    churn_day: np.ndarray  # day index after which activity nearly stops (days = never)
-    cold_start: np.ndarray  # bool: signed up at the very end, no history
+    churn_day: np.ndarray  # day index after which activity nearly stops (NEVER for most users)
+    cold_start: np.ndarray  # bool: signed up in the last hours, no history yet
     push_opt_in: np.ndarray
     sms_opt_in: np.ndarray
     email_opt_in: np.ndarray
@@ -161,7 +162,7 @@ class Population:
             organic_rate=rng.gamma(1.2, 0.03 / 1.2, size=users),
             activity_rate=rng.gamma(1.5, 1.2 / 1.5, size=users),
             signup_at=start_s + signup_offset.astype("timedelta64[s]"),
-            churn_day=np.where(churns, rng.integers(0, max(days, 1), size=users), days),
+            churn_day=np.where(churns, rng.integers(0, max(days, 1), size=users), NEVER),
             cold_start=cold_start,
             push_opt_in=rng.random(users) < 0.85,
             sms_opt_in=rng.random(users) < 0.4,

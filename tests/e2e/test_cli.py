@@ -1,0 +1,93 @@
+"""The README path through the real `pushplan` executable: demo, stats, and a bad file refused whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+PUSHPLAN = str(Path(sys.executable).with_name("pushplan"))
+
+
+def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([PUSHPLAN, *args], env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"pushplan {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PUSHPLAN_")}
+    return {**clean, "PUSHPLAN_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+
+
+def stats(env: dict[str, str]) -> dict[str, object]:
+    return json.loads(run("events", "stats", "--json", env=env).stdout)
+
+
+def test_demo_imports_then_a_bad_file_changes_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    demo = run("demo", "--users", "400", "--days", "21", "--seed", "3", env=env)
+    assert "simulate" in demo.stdout and "import" in demo.stdout
+
+    before = stats(env)
+    assert before["users"] == 400
+    assert before["events"] > 1000
+    assert {"app_open", "push_sent", "push_clicked", "purchase"} <= set(before["by_type"])  # type: ignore[arg-type]
+    assert before["first"] < before["last"]  # type: ignore[operator]
+
+    # Importing the same files again stores nothing new.
+    sim = Path(env["PUSHPLAN_DATA_DIR"]) / "simulation"
+    again = run("events", "import", str(sim / "events.parquet"), str(sim / "users.parquet"), env=env)
+    assert " 0 stored" in again.stdout
+    assert stats(env) == before
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "event_id,user_id,event_type,timestamp\n"
+        "x1,u0000001,app_open,2026-09-03T10:00:00Z\n"
+        "x2,u0000002,app_open,2026-09-03 10:00\n"
+        "x3,u0000003,app_open,2026-09-03T11:00:00+02:00\n"
+    )
+    refused = run("events", "import", str(bad), env=env, check=False)
+    assert refused.returncode == 1
+    assert f"{bad}: row 2, column 'timestamp'" in " ".join(refused.stderr.split())
+    assert stats(env) == before
+
+
+def test_every_command_has_help(env: dict[str, str]) -> None:
+    for command in (
+        [],
+        ["simulate"],
+        ["events"],
+        ["events", "import"],
+        ["events", "stats"],
+        ["demo"],
+        ["check"],
+    ):
+        result = run(*command, "--help", env=env)
+        assert "Usage: pushplan" in result.stdout
+
+
+def test_simulate_writes_the_import_format_and_the_truth(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    run("simulate", "--users", "200", "--days", "7", "--seed", "5", "--out", str(out), env=env)
+    assert {p.name for p in out.iterdir()} == {"users.parquet", "events.parquet", "campaigns.json", "truth"}
+    assert {p.name for p in (out / "truth").iterdir()} == {"users.parquet", "meta.json"}
+    bad_start = run("simulate", "--out", str(out), "--start", "soon", env=env, check=False)
+    assert bad_start.returncode == 2 and "'soon' is not a YYYY-MM-DD date" in bad_start.stderr
+
+
+def test_a_bad_setting_is_one_clear_line(env: dict[str, str]) -> None:
+    result = run("events", "stats", env={**env, "PUSHPLAN_PROFILE": "production"}, check=False)
+    assert result.returncode == 2
+    assert "PUSHPLAN_REDIS_URL and PUSHPLAN_DATABASE_URL" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
