@@ -4,6 +4,8 @@ Layout (both profiles; Feast's offline store reads the same files):
     <data_dir>/events/event_date=YYYY-MM-DD/part-<import id>.parquet   (hive partitions, UTC date)
     <data_dir>/users/users.parquet                                        (one row per user)
 
+    <data_dir>/catalogue/variants.parquet                                 variants of imported campaigns
+
 An import streams its file in chunks, validates every row and stages what is new under
 <data_dir>/staging/; only when the whole file is valid are the staged files moved into place
 (an atomic rename per partition file). A refused file therefore leaves the store as it was. If the
@@ -29,6 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from filelock import FileLock
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -43,9 +46,20 @@ from features.schema import (
     validate_events,
     validate_users,
 )
+from pushplan.domain import Campaign
 from pushplan.settings import Settings
 
 _CSV_BLOCK_BYTES = 8 << 20
+_CAMPAIGNS = TypeAdapter(list[Campaign])
+_VARIANT_SCHEMA = pa.schema(
+    [
+        ("campaign_id", pa.string()),
+        ("variant_id", pa.string()),
+        ("title", pa.string()),
+        ("body", pa.string()),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
 
 
 class ImportRefused(ValueError):
@@ -181,6 +195,8 @@ class EventStore:
 
     def import_file(self, path: Path, kind: Kind | None = None, *, progress: bool = False) -> ImportResult:
         """Validate and store one file, whole or not at all; raises ImportRefused naming the problem."""
+        if kind is Kind.campaigns or (kind is None and Path(path).suffix.lower() == ".json"):
+            return self.import_campaigns(Path(path))
         source = _Source(Path(path), self.settings.import_chunk_rows)
         found = detect_kind(source.columns)
         kind = kind or found
@@ -283,11 +299,60 @@ class EventStore:
             raise ImportRefused(
                 source.path, f"an attribute column's values do not match its stored type ({exc})"
             ) from exc
-        self.users_path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.users_path.with_name(f".{self.users_path.name}.tmp")
-        pq.write_table(table, scratch)
-        scratch.replace(self.users_path)
+        _write_atomically(table, self.users_path)
         return ImportResult(source.path, Kind.users, rows, changed)
+
+    def import_campaigns(self, path: Path) -> ImportResult:
+        """Store the variants (title, body, tags) of a JSON list of campaigns, replacing re-imported ones.
+
+        The features look variants' tags up here; the plan store will own campaigns themselves.
+        """
+        try:
+            campaigns = _CAMPAIGNS.validate_json(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise ImportRefused(path, "no such file") from exc
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = first["loc"]
+            index = where[0] if where and isinstance(where[0], int) else None
+            field = ".".join(map(str, where[1:] if index is not None else where)) or "(document)"
+            place = f"campaign {index + 1}, field {field!r}" if index is not None else f"field {field!r}"
+            more = f" ({exc.error_count()} problems in all)" if exc.error_count() > 1 else ""
+            raise ImportRefused(
+                path, f"{place}: {first['msg']}{more}. Nothing from this file was stored."
+            ) from exc
+        ids = [c.campaign_id for c in campaigns]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ImportRefused(path, f"campaign_id {repeated[0]!r} appears more than once")
+        variants = pd.DataFrame(
+            [
+                {
+                    "campaign_id": c.campaign_id,
+                    "variant_id": v.variant_id,
+                    "title": v.title,
+                    "body": v.body,
+                    "tags": list(v.tags),
+                }
+                for c in campaigns
+                for v in c.variants
+            ],
+            columns=["campaign_id", "variant_id", "title", "body", "tags"],
+        )
+        existing = self.read_variants()
+        kept = existing[~existing["campaign_id"].isin(ids)]
+        merged = pd.concat([kept, variants], ignore_index=True) if not kept.empty else variants
+        _write_atomically(
+            pa.Table.from_pandas(merged, schema=_VARIANT_SCHEMA, preserve_index=False),
+            self.settings.catalogue_path,
+        )
+        return ImportResult(path, Kind.campaigns, len(campaigns), len(campaigns))
+
+    def read_variants(self) -> pd.DataFrame:
+        """Every imported variant: campaign_id, variant_id, title, body, tags (a list)."""
+        if not self.settings.catalogue_path.exists():
+            return _VARIANT_SCHEMA.empty_table().to_pandas()
+        return pq.read_table(self.settings.catalogue_path).to_pandas()
 
     def _guarded(self, source: _Source, bar: Progress | None, task: object) -> Iterator[pd.DataFrame]:
         """The source's chunks, with a parse failure turned into a refusal of the file."""
@@ -359,6 +424,14 @@ class EventStore:
             first=span["min"],
             last=span["max"],
         )
+
+
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    """Replace `path` with `table` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, scratch)
+    scratch.replace(path)
 
 
 def _refusal(path: Path, problems: list, total: int) -> ImportRefused:

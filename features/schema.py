@@ -25,6 +25,7 @@ from pushplan.domain import Channel, EventType
 class Kind(StrEnum):
     users = "users"
     events = "events"
+    campaigns = "campaigns"
 
 
 EVENT_REQUIRED = ("event_id", "user_id", "event_type", "timestamp")

@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 events_app = typer.Typer(help="Import and inspect the event store (users and events).", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+features_app = typer.Typer(
+    help="Build, register, materialize and read features (Feast).", no_args_is_help=True
+)
+app.add_typer(features_app, name="features")
 
 out = Console()
 err = Console(stderr=True)
@@ -121,6 +125,107 @@ def events_stats(
     out.print(table)
 
 
+@features_app.command("build")
+def features_build() -> None:
+    """Compute the daily feature tables from the event store (point-in-time correct snapshots)."""
+    from features.store import write_defaults
+    from features.tables import build_feature_tables
+
+    settings = get_settings()
+    try:
+        summary = build_feature_tables(settings, progress=True)
+    except ValueError as exc:
+        err.print(f"[red]cannot build features[/]: {exc}", highlight=False)
+        raise typer.Exit(code=1) from None
+    write_defaults(settings)
+    out.print(
+        f"built {len(summary.tables)} feature tables: {summary.rows:,} snapshots of {summary.users:,} users "
+        f"over {summary.days} days ({summary.first_snapshot:%Y-%m-%d} … {summary.last_snapshot:%Y-%m-%d})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the feature repo (entity, sources, views, on-demand view, services) with Feast."""
+    from features.store import apply, feature_store
+
+    names = apply(feature_store(get_settings()))
+    out.print(
+        f"applied {len(names)} Feast objects: {', '.join(n for n in names if n)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Load the newest snapshots into the online store (SQLite or Redis), incrementally."""
+    from features.store import feature_store, materialize
+
+    settings = get_settings()
+    try:
+        start, end = materialize(feature_store(settings), settings)
+    except FileNotFoundError as exc:
+        err.print(f"[red]cannot materialize[/]: {exc}", highlight=False)
+        raise typer.Exit(code=1) from None
+    out.print(
+        f"materialized snapshots from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", highlight=False
+    )
+
+
+@features_app.command("get")
+def features_get(
+    user_id: Annotated[str, typer.Argument(help="The user whose online features to show.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    hour: Annotated[int, typer.Option(min=0, max=23, help="Candidate local hour for request features.")] = 12,
+    tags: Annotated[str, typer.Option(help="Comma-separated variant tags for request features.")] = "",
+) -> None:
+    """Show a user's online features, by feature service (cold-start users show the defaults)."""
+    from datetime import UTC, datetime, timedelta
+
+    from features.store import SERVICES, feature_store, online_features
+
+    settings = get_settings()
+    store = feature_store(settings)
+    now = datetime.now(UTC)
+    request = {
+        "request_time": now,
+        "candidate_local_hour": hour,
+        "window_start": now,
+        "window_end": now + timedelta(days=1),
+        "variant_tags": tags,
+    }
+    result = {}
+    for service in SERVICES:
+        row = online_features(store, settings, service, [user_id], request).iloc[0].to_dict()
+        result[service] = {k: _plain(v) for k, v in row.items() if k != "user_id" and k not in request}
+    if as_json:
+        typer.echo(json.dumps({"user_id": user_id, "services": result}, indent=2))
+        return
+    for service, values in result.items():
+        table = Table(title=service, show_header=False)
+        for name, value in values.items():
+            table.add_row(name, str(value))
+        out.print(table)
+
+
+def _plain(value: object) -> object:
+    """JSON-ready: arrays become rounded lists, NaN becomes null."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, np.ndarray | list):
+        return [round(float(v), 4) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    return value
+
+
 @app.command()
 def check() -> None:
     """Check that the active profile's services (data dir; Redis and PostgreSQL in production) answer."""
@@ -145,14 +250,20 @@ def demo(
     days: Annotated[int, typer.Option(min=1, help="How many days of history.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """The tour on the local profile: simulate a population, then import it into the event store."""
+    """The tour on the local profile: simulate, import, build and materialize features."""
     settings = get_settings()
     sim_dir = settings.data_dir / "simulation"
     out.rule("1. simulate")
     simulate(out_dir=sim_dir, users=users, days=days, seed=seed)
     out.rule("2. import")
-    events_import([sim_dir / "users.parquet", sim_dir / "events.parquet"], kind=None)
+    events_import(
+        [sim_dir / "users.parquet", sim_dir / "events.parquet", sim_dir / "campaigns.json"], kind=None
+    )
     events_stats(as_json=False)
+    out.rule("3. features")
+    features_build()
+    features_apply()
+    features_materialize()
     out.print(
         f"\nThe hidden truth is in {sim_dir / 'truth'}; try [bold]pushplan events stats --json[/].",
         highlight=False,

@@ -11,6 +11,10 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
+# The tag vocabulary the feature repo knows (per-tag affinity features, variant scoring). A tag outside
+# it still travels with its variant but has no affinity feature; growing it is a new feature service version.
+VARIANT_TAGS = ("discount", "urgency", "news", "personal", "question", "emoji", "social", "reminder")
+
 
 class EventType(StrEnum):
     app_open = "app_open"

@@ -50,6 +50,37 @@ class Settings(BaseSettings):
         description="Rows validated and staged at a time by `events import`; bounds its memory.",
     )
 
+    feast_project: str = Field(
+        default="pushplan",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Feast project name; keys in a shared Redis online store are scoped by it.",
+    )
+    engagement_window_days: int = Field(
+        default=28, ge=1, description="Trailing days behind the by-hour engagement features."
+    )
+    engagement_prior_events: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="How many events' worth of the population's by-hour shares a user's own shares are "
+        "smoothed toward: a user with little history looks like the population.",
+    )
+    affinity_prior_sends: float = Field(
+        default=20.0,
+        ge=0.0,
+        description="Sends' worth of the population click rate behind each tag affinity.",
+    )
+    lifecycle_new_days: int = Field(
+        default=14, ge=0, description="Signed up fewer days ago: lifecycle 'new'."
+    )
+    lifecycle_active_days: int = Field(
+        default=7, ge=1, description="Last activity at most this many days ago: 'active'."
+    )
+    lifecycle_churned_days: int = Field(
+        default=30,
+        ge=1,
+        description="No activity for more than this many days: 'churned' (between: 'sleeping').",
+    )
+
     @field_validator("default_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -72,6 +103,16 @@ class Settings(BaseSettings):
             if missing:
                 raise ValueError(f"the production profile needs {' and '.join(missing)} to be set")
         return self
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast's registry, the local online store and the feature tables it reads offline."""
+        return self.data_dir / "feast"
+
+    @property
+    def catalogue_path(self) -> Path:
+        """Campaigns and their variants (titles, tags) as imported; features look up variant tags here."""
+        return self.data_dir / "catalogue" / "variants.parquet"
 
     @property
     def events_dir(self) -> Path:

@@ -27,8 +27,8 @@ from features.simulator.population import (
     finish_events,
     recent_send_counts,
     tag_matrix,
-    to_utc,
 )
+from pushplan.clock import to_utc
 from pushplan.domain import Campaign, Channel, EventType, SendWindow, Variant
 
 # Title templates with the tags that describe them; the variant model learns from both.

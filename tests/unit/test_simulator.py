@@ -12,7 +12,7 @@ import pytest
 
 from features.event_store import EventStore
 from features.simulator import Population, simulate
-from features.simulator.population import local_clock
+from pushplan.clock import local_clock
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
 

@@ -1,0 +1,332 @@
+"""The feature store as training and serving use it: Feast configured from pushplan's settings.
+
+- `feature_store(settings)`: a Feast FeatureStore for the profile (SQLite or Redis online store).
+- `apply`, `materialize`: register the repo's declarations; load the latest snapshots online.
+- `training_set(...)`: point-in-time-correct features for (user_id, event_timestamp) rows.
+- `online_features(...)`: features for one user or a whole audience in one bulk read.
+- `push_events(...)`: fold new sends and clicks into the online fatigue features.
+
+Users the store has never seen (cold start) get `defaults(...)`: the population's by-hour shares
+and tag click rates as of the last build, zero counts and a 'new' lifecycle; never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+from feast import FeatureStore, RepoConfig
+from feast.data_source import PushMode
+
+from features.feature_repo import definitions
+from features.tables import TABLES, table_path
+from pushplan.domain import VARIANT_TAGS, EventType
+from pushplan.settings import Profile, Settings
+
+REPO_DIR = Path(definitions.__file__).parent
+SERVICES = tuple(service.name for service in definitions.FEATURE_SERVICES)
+# The stored views the request-context transform reads.
+_CONTEXT_VIEWS = (
+    definitions.user_engagement_fv,
+    definitions.user_fatigue_fv,
+    definitions.user_tag_affinity_fv,
+)
+REQUEST_FIELDS = tuple(field.name for field in definitions.campaign_request.schema)
+
+
+def feast_redis_connection(url: str) -> str:
+    """Feast's Redis form, `host:port,db=N[,password=…][,ssl=true]`, of a redis:// URL."""
+    from redis.connection import parse_url
+
+    parts = parse_url(url)
+    pieces = [f"{parts.get('host', '127.0.0.1')}:{parts.get('port', 6379)}", f"db={parts.get('db', 0)}"]
+    if parts.get("password"):
+        pieces.append(f"password={parts['password']}")
+    if parts.get("username"):
+        pieces.append(f"username={parts['username']}")
+    if url.startswith("rediss://"):
+        pieces.append("ssl=true")
+    return ",".join(pieces)
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """The profile's Feast store; relative source paths resolve under `<data_dir>/feast`."""
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    production = settings.profile is Profile.production
+    yaml_file = REPO_DIR / ("feature_store.production.yaml" if production else "feature_store.yaml")
+    values = {
+        "PUSHPLAN_FEAST_DIR": str(settings.feast_dir.resolve()),
+        "PUSHPLAN_FEAST_PROJECT": settings.feast_project,
+        "PUSHPLAN_FEAST_REDIS": feast_redis_connection(settings.redis_url) if settings.redis_url else "",
+    }
+    # The same ${VAR} syntax Feast expands from the environment, filled from settings instead, so
+    # that building a store never depends on (or changes) the process environment.
+    raw = yaml.safe_load(Template(yaml_file.read_text()).substitute(values))
+    config = RepoConfig(**raw)
+    config.repo_path = settings.feast_dir.resolve()
+    return FeatureStore(repo_path=str(settings.feast_dir.resolve()), config=config)
+
+
+def apply(store: FeatureStore) -> list[str]:
+    """Register the repo's entity, sources, views and services; returns the names applied."""
+    store.apply(definitions.REPO_OBJECTS)
+    return [getattr(obj, "name", "") for obj in definitions.REPO_OBJECTS]
+
+
+def snapshot_span(settings: Settings) -> tuple[datetime, datetime]:
+    """First and last snapshot instants in the built tables."""
+    path = table_path(settings, TABLES[0])
+    if not path.exists():
+        raise FileNotFoundError("no feature tables yet: run `pushplan features build` first")
+    stamps = pq.read_table(path, columns=["event_timestamp"]).column("event_timestamp").to_pandas()
+    return stamps.min().to_pydatetime(), stamps.max().to_pydatetime()
+
+
+def materialize(store: FeatureStore, settings: Settings) -> tuple[datetime, datetime]:
+    """Load the latest snapshot of every user into the online store, incrementally after the first run.
+
+    Feast's own incremental start for a view never materialized is "now - ttl", which would skip
+    history older than the ttl; the first run therefore starts at the first snapshot.
+    """
+    first, last = snapshot_span(settings)
+    end = last + timedelta(seconds=1)
+    views = [view.name for view in store.list_feature_views()]
+    fresh = any(not store.get_feature_view(name).materialization_intervals for name in views)
+    if fresh:
+        start = first - timedelta(seconds=1)
+        store.materialize(start_date=start, end_date=end)
+        return start, end
+    previous = max(
+        interval[1] for name in views for interval in store.get_feature_view(name).materialization_intervals
+    )
+    if previous >= end:
+        return previous, previous
+    store.materialize_incremental(end_date=end)
+    return previous, end
+
+
+def defaults(settings: Settings) -> dict[str, Any]:
+    """Values for users without stored features (written by `features build`)."""
+    path = defaults_path(settings)
+    base: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    uniform = [1.0 / 24] * 24
+    return {
+        "timezone": settings.default_timezone,
+        "country": None,
+        "platform": None,
+        "push_opt_in": False,
+        "sms_opt_in": False,
+        "email_opt_in": False,
+        "days_since_signup": 0.0,
+        "activity_by_hour": base.get("activity_by_hour", uniform),
+        "activity_by_hour_weekend": base.get("activity_by_hour_weekend", uniform),
+        "push_engagement_by_hour": base.get("push_engagement_by_hour", uniform),
+        "weekend_activity_share": math.nan,
+        "activity_events": 0.0,
+        "push_engagements": 0.0,
+        "recency_days": math.nan,
+        "frequency_90d": 0.0,
+        "monetary_90d": 0.0,
+        "r_score": 0,
+        "f_score": 0,
+        "m_score": 0,
+        "rfm_segment": "no_purchase",
+        "days_since_active": math.nan,
+        "lifecycle_stage": "new",
+        "sends_1d": 0.0,
+        "sends_7d": 0.0,
+        "sends_30d": 0.0,
+        "clicks_1d": 0.0,
+        "clicks_7d": 0.0,
+        "clicks_30d": 0.0,
+        "last_push_epoch_s": math.nan,
+        "last_click_epoch_s": math.nan,
+        **{f"affinity_{tag}": base.get(f"affinity_{tag}", 0.0) for tag in VARIANT_TAGS},
+        "tagged_sends": 0.0,
+    }
+
+
+def defaults_path(settings: Settings) -> Path:
+    return settings.feast_dir / "defaults.json"
+
+
+def write_defaults(settings: Settings) -> dict[str, Any]:
+    """The population's view as of the last snapshot: what a user without history is assumed to be."""
+    engagement = pd.read_parquet(table_path(settings, "user_engagement"))
+    affinity = pd.read_parquet(table_path(settings, "user_tag_affinity"))
+    latest = engagement["event_timestamp"].max()
+    now = engagement[engagement["event_timestamp"] == latest]
+    tastes = affinity[affinity["event_timestamp"] == latest]
+    values: dict[str, Any] = {
+        column: np.mean(np.stack(now[column].to_numpy()), axis=0).round(6).tolist()
+        for column in ("activity_by_hour", "activity_by_hour_weekend", "push_engagement_by_hour")
+    }
+    no_sends = tastes[tastes["tagged_sends"] == 0]
+    reference = no_sends if not no_sends.empty else tastes
+    for tag in VARIANT_TAGS:
+        values[f"affinity_{tag}"] = round(float(reference[f"affinity_{tag}"].median()), 6)
+    defaults_path(settings).write_text(json.dumps(values, indent=2) + "\n")
+    return values
+
+
+def _fill(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Cold start: rows with no stored value at all (a user never built) take the defaults.
+
+    A user with features keeps their own values, NaN included (a NaN recency means "never bought").
+    """
+    cold = frame.isna().all(axis=1).to_numpy() if len(frame.columns) else np.zeros(len(frame), dtype=bool)
+    if not cold.any():
+        return frame
+    known = defaults(settings)
+    for column in frame.columns:
+        if column in known:
+            frame[column] = frame[column].astype(object)
+            frame.loc[cold, column] = pd.Series([known[column]] * int(cold.sum()), index=frame.index[cold])
+    return frame.infer_objects()
+
+
+def service_feature_names(store: FeatureStore, service: str) -> list[str]:
+    return [
+        field.name
+        for projection in store.get_feature_service(service).feature_view_projections
+        for field in projection.features
+    ]
+
+
+def _needs_request(store: FeatureStore, service: str) -> bool:
+    return any(
+        projection.name == definitions.request_context.name
+        for projection in store.get_feature_service(service).feature_view_projections
+    )
+
+
+def _stored_refs(store: FeatureStore, service: str) -> list[str]:
+    """The stored features to read for a service: its own, and all that its request-time view reads."""
+    refs = [
+        f"{projection.name}:{field.name}"
+        for projection in store.get_feature_service(service).feature_view_projections
+        if projection.name != definitions.request_context.name
+        for field in projection.features
+    ]
+    if _needs_request(store, service):
+        refs = [f"{view.name}:{field.name}" for view in _CONTEXT_VIEWS for field in view.schema] + refs
+    return list(dict.fromkeys(refs))
+
+
+def _finish(
+    store: FeatureStore, settings: Settings, service: str, rows: pd.DataFrame, stored: pd.DataFrame
+) -> pd.DataFrame:
+    """Fill cold-start defaults, then compute the request-time features on the filled values.
+
+    Running the on-demand transform here, rather than inside Feast on raw nulls, gives a cold-start
+    user request features from the defaults too; for users with features both give the same
+    numbers (tests/integration/test_feature_store.py holds them equal).
+    """
+    frame = pd.concat([rows.reset_index(drop=True), _fill(stored.reset_index(drop=True), settings)], axis=1)
+    if _needs_request(store, service):
+        frame = pd.concat([frame, definitions.request_context_features(frame)], axis=1)
+    return frame[[*rows.columns, *service_feature_names(store, service)]]
+
+
+def _request_rows(store: FeatureStore, service: str, rows: pd.DataFrame) -> pd.DataFrame:
+    if not _needs_request(store, service):
+        return rows
+    missing = [name for name in REQUEST_FIELDS if name not in rows]
+    if missing:
+        raise ValueError(f"{service} needs request context: {', '.join(missing)}")
+    return rows
+
+
+def online_features(
+    store: FeatureStore,
+    settings: Settings,
+    service: str,
+    user_ids: list[str],
+    request: pd.DataFrame | dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """One row per user id with the service's features, read in one call however many users.
+
+    Services with the request-context view need `request`: a dict applied to every row, or a frame
+    with one row per user, holding REQUEST_FIELDS. Cold-start users get defaults.
+    """
+    rows = pd.DataFrame({"user_id": list(user_ids)})
+    if request is not None:
+        context = pd.DataFrame([request] * len(rows)) if isinstance(request, dict) else request
+        rows = pd.concat([rows, context.reset_index(drop=True)], axis=1)
+    rows = _request_rows(store, service, rows)
+    stored = store.get_online_features(
+        features=_stored_refs(store, service), entity_rows=[{"user_id": u} for u in rows["user_id"]]
+    ).to_df()
+    return _finish(store, settings, service, rows, stored.drop(columns=["user_id"]))
+
+
+def training_set(
+    store: FeatureStore, settings: Settings, service: str, entity_rows: pd.DataFrame
+) -> pd.DataFrame:
+    """Point-in-time-correct features for (user_id, event_timestamp[, request fields]) rows.
+
+    Each row sees the latest daily snapshot stamped at or before its timestamp, so nothing that
+    happened later leaks in. Users without a snapshot yet get the cold-start defaults.
+    """
+    if "event_timestamp" not in entity_rows or "user_id" not in entity_rows:
+        raise ValueError("entity rows need user_id and event_timestamp columns")
+    rows = entity_rows.reset_index(drop=True).copy()
+    rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    rows = _request_rows(store, service, rows)
+    # Feast does not promise the entity rows' order back; a row number restores it.
+    joined = store.get_historical_features(
+        entity_df=rows.assign(_row=np.arange(len(rows))), features=_stored_refs(store, service)
+    ).to_df()
+    joined = joined.sort_values("_row").reset_index(drop=True)
+    stored = joined.drop(columns=[*rows.columns, "_row"])
+    return _finish(store, settings, service, rows, stored)
+
+
+def push_events(store: FeatureStore, settings: Settings, events: pd.DataFrame) -> int:
+    """Fold push_sent and push_clicked events into the online fatigue features; returns users updated.
+
+    The daily build recomputes these exactly; between builds this keeps the counts that caps and
+    the click model read from going stale. Counts over 1/7/30 days only grow here until the next
+    build re-bases them.
+    """
+    relevant = events[events["event_type"].isin([EventType.push_sent.value, EventType.push_clicked.value])]
+    if relevant.empty:
+        return 0
+    users = sorted(set(relevant["user_id"]))
+    refs = [f"user_fatigue:{field.name}" for field in definitions.user_fatigue_fv.schema]
+    current = _fill(
+        store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_df(),
+        settings,
+    )
+    current = current.set_index("user_id")
+    stamps = pd.to_datetime(relevant["timestamp"], utc=True)
+    epoch = stamps.astype("int64") / 1e9
+    for kind, count_columns, last_column in (
+        (EventType.push_sent.value, ("sends_1d", "sends_7d", "sends_30d"), "last_push_epoch_s"),
+        (EventType.push_clicked.value, ("clicks_1d", "clicks_7d", "clicks_30d"), "last_click_epoch_s"),
+    ):
+        mask = (relevant["event_type"] == kind).to_numpy()
+        if not mask.any():
+            continue
+        per_user = relevant[mask].groupby("user_id").size()
+        latest = epoch[mask].groupby(relevant.loc[mask, "user_id"]).max()
+        for column in count_columns:
+            current.loc[per_user.index, column] = current.loc[per_user.index, column].astype(float) + per_user
+        previous = current.loc[latest.index, last_column].astype(float).fillna(-math.inf)
+        current.loc[latest.index, last_column] = np.maximum(previous, latest)
+    pushed = current.reset_index()
+    pushed["event_timestamp"] = datetime.now(UTC)
+    for field in definitions.user_fatigue_fv.schema:
+        pushed[field.name] = pd.to_numeric(pushed[field.name], errors="coerce").astype(
+            "float64" if field.name.endswith("epoch_s") else "float32"
+        )
+    store.push(definitions.user_fatigue_push_source.name, pushed, to=PushMode.ONLINE)
+    return len(users)

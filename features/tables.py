@@ -1,0 +1,403 @@
+"""Feature jobs: the event store turned into per-user feature tables, one snapshot per user and UTC day.
+
+A snapshot for day D is stamped D+1 00:00 UTC and sees only events before that instant, so a Feast
+point-in-time join for any moment on D+1 reads what was knowable then, never later events. Each
+table is a parquet file under `<data_dir>/feast/tables/` that a feature view's FileSource reads.
+
+The work is done on dense (users × days × bins) arrays: every rolling window is a difference of
+cumulative sums, so a build is a few vectorised passes over the log, not a loop per user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.progress import Progress
+
+from features.event_store import EventStore
+from pushplan.clock import local_clock
+from pushplan.domain import VARIANT_TAGS, EventType
+from pushplan.settings import Settings
+
+ACTIVITY = (EventType.app_open, EventType.purchase)
+PUSH_ENGAGEMENT = (EventType.push_opened, EventType.push_clicked)
+ACTIVE = (*ACTIVITY, *PUSH_ENGAGEMENT, EventType.converted)
+RFM_WINDOW_DAYS = 90
+TABLES = ("user_profile", "user_engagement", "user_rfm", "user_fatigue", "user_tag_affinity")
+NS_PER_DAY = 86_400 * 10**9
+NS_PER_HOUR = 3_600 * 10**9
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    users: int
+    days: int
+    rows: int
+    first_snapshot: pd.Timestamp | None
+    last_snapshot: pd.Timestamp | None
+    tables: dict[str, Path]
+
+
+def table_path(settings: Settings, name: str) -> Path:
+    return settings.feast_dir / "tables" / f"{name}.parquet"
+
+
+def build_feature_tables(settings: Settings, *, progress: bool = False) -> BuildSummary:
+    """Compute every feature table from the event store and write them (replacing earlier builds)."""
+    store = EventStore(settings)
+    events = store.read_events(["user_id", "event_type", "timestamp", "variant_id", "channel", "value"])
+    users = store.read_users()
+    tags_of = _variant_tags(store.read_variants())
+    steps: list[tuple[str, Callable[[_Grid], pd.DataFrame]]] = [
+        ("user_profile", lambda g: _profile(g, settings)),
+        ("user_engagement", lambda g: _engagement(g, settings)),
+        ("user_rfm", lambda g: _rfm(g, settings)),
+        ("user_fatigue", _fatigue),
+        ("user_tag_affinity", lambda g: _tag_affinity(g, settings, tags_of)),
+    ]
+    if events.empty:
+        raise ValueError("the event store holds no events: import some first (pushplan events import)")
+    grid = _Grid.from_log(events, users, settings.default_timezone)
+    written: dict[str, Path] = {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("building feature tables", total=len(steps))
+        for name, compute in steps:
+            frame = grid.rows(compute(grid))
+            path = table_path(settings, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = path.with_name(f".{path.name}.tmp")
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), scratch)
+            scratch.replace(path)
+            written[name] = path
+            bar.advance(task)
+    stamps = grid.as_of
+    return BuildSummary(
+        users=grid.n_users,
+        days=grid.n_days,
+        rows=int(grid.present.sum()),
+        first_snapshot=pd.Timestamp(stamps[0], tz="UTC"),
+        last_snapshot=pd.Timestamp(stamps[-1], tz="UTC"),
+        tables=written,
+    )
+
+
+@dataclass
+class _Grid:
+    """Events placed on a (user, UTC day) grid, with each event's local hour in its user's zone."""
+
+    user_ids: np.ndarray
+    users: pd.DataFrame  # one row per user position, profile columns, default zone filled in
+    day0: np.datetime64
+    n_days: int
+    events: pd.DataFrame  # + columns u (user position), d (day index), hour, weekend, ns
+    present: np.ndarray  # (users × days) bool: the user exists on that day (signed up or seen)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_ids.size)
+
+    @property
+    def as_of(self) -> np.ndarray:
+        """The instant each day's snapshot stands for: the end of that UTC day."""
+        return self.day0 + np.arange(1, self.n_days + 1).astype("timedelta64[D]")
+
+    @classmethod
+    def from_log(cls, events: pd.DataFrame, users: pd.DataFrame, default_zone: str) -> _Grid:
+        ids = pd.Index(pd.unique(pd.concat([users["user_id"], events["user_id"]], ignore_index=True)))
+        profile = pd.DataFrame({"user_id": ids})
+        if not users.empty:
+            profile = profile.merge(users, on="user_id", how="left")
+        profile["timezone"] = profile["timezone"].fillna(default_zone) if "timezone" in profile else default_zone
+        for column in ("country", "platform"):
+            if column not in profile:
+                profile[column] = None
+        for column in ("push_opt_in", "sms_opt_in", "email_opt_in"):
+            profile[column] = profile[column].fillna(False).astype(bool) if column in profile else False
+        if "signup_at" not in profile:
+            profile["signup_at"] = pd.NaT
+
+        when = events["timestamp"].dt.tz_convert("UTC")
+        day0 = when.min().floor("D").tz_localize(None).to_datetime64().astype("datetime64[D]")
+        ns = when.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").view("int64")
+        placed = events.assign(
+            u=ids.get_indexer(events["user_id"]),
+            d=((ns - day0.astype("datetime64[ns]").view("int64")) // NS_PER_DAY).astype(int),
+            ns=ns,
+        )
+        placed["hour"], placed["weekend"] = local_clock(
+            ns.astype("datetime64[ns]"), profile["timezone"].to_numpy(dtype=object)[placed["u"].to_numpy()]
+        )
+        n_days = int(placed["d"].max()) + 1
+
+        first_seen = np.full(ids.size, n_days, dtype=int)
+        np.minimum.at(first_seen, placed["u"].to_numpy(), placed["d"].to_numpy())
+        signup = pd.to_datetime(profile["signup_at"], utc=True).dt.tz_localize(None).to_numpy()
+        signup_day = (signup.astype("datetime64[D]") - day0).astype("timedelta64[D]").astype("float64")
+        signup_day = np.where(np.isnat(signup), n_days, np.clip(signup_day, 0, n_days))
+        start = np.minimum(first_seen, signup_day.astype(int))
+        present = np.arange(n_days)[None, :] >= start[:, None]
+        return cls(ids.to_numpy(dtype=object), profile, day0, n_days, placed, present)
+
+    def of(self, kinds: tuple[EventType, ...]) -> pd.DataFrame:
+        return self.events[self.events["event_type"].isin([k.value for k in kinds])]
+
+    def daily(self, kinds: tuple[EventType, ...], bins: str | None = None, width: int = 1) -> np.ndarray:
+        """Event counts per (user, day[, bin])."""
+        chosen = self.of(kinds)
+        shape = (self.n_users, self.n_days) if bins is None else (self.n_users, self.n_days, width)
+        counts = np.zeros(shape, dtype=np.float32)
+        index: tuple[np.ndarray, ...] = (chosen["u"].to_numpy(), chosen["d"].to_numpy())
+        if bins is not None:
+            index = (*index, chosen[bins].to_numpy())
+        np.add.at(counts, index, 1.0)
+        return counts
+
+    def last_at(self, kinds: tuple[EventType, ...]) -> np.ndarray:
+        """Per (user, day): the latest event time (ns since epoch) up to that day's end, or -1."""
+        chosen = self.of(kinds)
+        latest = np.full((self.n_users, self.n_days), -1, dtype=np.int64)
+        np.maximum.at(latest, (chosen["u"].to_numpy(), chosen["d"].to_numpy()), chosen["ns"].to_numpy())
+        return np.maximum.accumulate(latest, axis=1)
+
+    def rows(self, columns: dict[str, np.ndarray | list]) -> pd.DataFrame:
+        """Flatten (users × days[ × k]) arrays into one row per present (user, day)."""
+        u, d = np.nonzero(self.present)
+        frame = pd.DataFrame(
+            {
+                "user_id": self.user_ids[u],
+                "event_timestamp": pd.to_datetime(self.as_of[d]).tz_localize("UTC"),
+            }
+        )
+        for name, values in columns.items():
+            array = np.asarray(values)
+            picked = array[u, d]
+            frame[name] = list(picked.astype(np.float32)) if picked.ndim == 2 else picked
+        return frame
+
+
+def trailing(daily: np.ndarray, window: int) -> np.ndarray:
+    """Sums over the last `window` days including the current one; days are axis 1."""
+    total = np.cumsum(daily, axis=1, dtype=np.float64)
+    shifted = np.zeros_like(total)
+    shifted[:, window:] = total[:, :-window]
+    return (total - shifted).astype(np.float32)
+
+
+def smoothed_shares(counts: np.ndarray, prior_events: float) -> np.ndarray:
+    """Each user's share of events per bin, shrunk toward that day's population shares.
+
+    `counts` is (users × days × bins); a user with no events gets exactly the population's shares.
+    """
+    population = counts.sum(axis=0, keepdims=True)
+    population_share = population / np.maximum(population.sum(axis=2, keepdims=True), 1e-9)
+    flat = np.full(counts.shape[2], 1.0 / counts.shape[2], dtype=np.float32)
+    population_share = np.where(population.sum(axis=2, keepdims=True) > 0, population_share, flat)
+    totals = counts.sum(axis=2, keepdims=True)
+    return ((counts + prior_events * population_share) / (totals + prior_events + 1e-9)).astype(np.float32)
+
+
+def _profile(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
+    profile = grid.users
+    age = _profile_age(grid)
+    opt_ins = {channel: _opt_in_by_day(grid, channel) for channel in ("push", "sms", "email")}
+    return {
+        "timezone": np.repeat(profile["timezone"].to_numpy(dtype=object)[:, None], grid.n_days, axis=1),
+        "country": np.repeat(profile["country"].to_numpy(dtype=object)[:, None], grid.n_days, axis=1),
+        "platform": np.repeat(profile["platform"].to_numpy(dtype=object)[:, None], grid.n_days, axis=1),
+        "push_opt_in": opt_ins["push"],
+        "sms_opt_in": opt_ins["sms"],
+        "email_opt_in": opt_ins["email"],
+        "days_since_signup": np.where(np.isnan(age), np.nan, np.floor(age)).astype(np.float32),
+    }
+
+
+def _opt_in_by_day(grid: _Grid, channel: str) -> np.ndarray:
+    """Whether the user could be reached on `channel` at each day's end.
+
+    The users file holds today's state; opt_in / opt_out / unsubscribed events (channel missing
+    means push) say when it changed, so a user who unsubscribed on day 40 was reachable on day 20.
+    """
+    changes = grid.events[
+        grid.events["event_type"].isin(["opt_in", "opt_out", "unsubscribed"])
+        & (grid.events["channel"].fillna("push").replace({"sandbox": "push"}) == channel)
+    ].sort_values("ns")
+    now = grid.users[f"{channel}_opt_in"].to_numpy(dtype=bool)
+    state = np.repeat(now[:, None], grid.n_days, axis=1)
+    if changes.empty:
+        return state
+    # Before a user's first change they were in the opposite of what that change set.
+    firsts = changes.drop_duplicates("u", keep="first")
+    before = firsts["event_type"].to_numpy() != "opt_in"
+    state[firsts["u"].to_numpy(), :] = before[:, None]
+    for u, d, kind in changes[["u", "d", "event_type"]].itertuples(index=False):
+        state[u, d:] = kind == "opt_in"
+    return state
+
+
+def _engagement(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
+    window, prior = settings.engagement_window_days, settings.engagement_prior_events
+    activity = trailing(grid.daily(ACTIVITY, "hour", 24), window)
+    weekend_events = grid.of(ACTIVITY)
+    weekend_only = np.zeros_like(activity)
+    if not weekend_events.empty:
+        chosen = weekend_events[weekend_events["weekend"]]
+        daily = np.zeros((grid.n_users, grid.n_days, 24), dtype=np.float32)
+        np.add.at(daily, (chosen["u"].to_numpy(), chosen["d"].to_numpy(), chosen["hour"].to_numpy()), 1.0)
+        weekend_only = trailing(daily, window)
+    push = trailing(grid.daily(PUSH_ENGAGEMENT, "hour", 24), window)
+    totals = activity.sum(axis=2)
+    return {
+        "activity_by_hour": smoothed_shares(activity, prior),
+        "activity_by_hour_weekend": smoothed_shares(weekend_only, prior),
+        "push_engagement_by_hour": smoothed_shares(push, prior),
+        "weekend_activity_share": np.where(
+            totals > 0, weekend_only.sum(axis=2) / np.maximum(totals, 1), np.nan
+        ),
+        "activity_events": totals,
+        "push_engagements": push.sum(axis=2),
+    }
+
+
+def _rfm(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
+    purchases = grid.of((EventType.purchase,))
+    spend = np.zeros((grid.n_users, grid.n_days), dtype=np.float64)
+    np.add.at(
+        spend,
+        (purchases["u"].to_numpy(), purchases["d"].to_numpy()),
+        purchases["value"].fillna(0.0).to_numpy(),
+    )
+    frequency = trailing(grid.daily((EventType.purchase,)), RFM_WINDOW_DAYS)
+    monetary = trailing(spend, RFM_WINDOW_DAYS)
+    as_of_ns = grid.as_of.astype("datetime64[ns]").view("int64")[None, :]
+    last_purchase = grid.last_at((EventType.purchase,))
+    recency = np.where(last_purchase >= 0, (as_of_ns - last_purchase) / NS_PER_DAY, np.nan).astype(np.float32)
+    last_active = grid.last_at(ACTIVE)
+    inactive_days = np.where(last_active >= 0, (as_of_ns - last_active) / NS_PER_DAY, np.nan).astype(
+        np.float32
+    )
+
+    buyers = frequency > 0
+    r_score = _quintile_score(-np.nan_to_num(recency, nan=np.inf), buyers)
+    f_score = _quintile_score(frequency, buyers)
+    m_score = _quintile_score(monetary, buyers)
+    return {
+        "recency_days": recency,
+        "frequency_90d": frequency,
+        "monetary_90d": monetary,
+        "r_score": r_score,
+        "f_score": f_score,
+        "m_score": m_score,
+        "rfm_segment": _rfm_segment(r_score, f_score, buyers),
+        "days_since_active": inactive_days,
+        "lifecycle_stage": _lifecycle(_profile_age(grid), inactive_days, settings),
+    }
+
+
+def _profile_age(grid: _Grid) -> np.ndarray:
+    """Days since signup at each snapshot (NaN where the signup is unknown)."""
+    signup = (
+        pd.to_datetime(grid.users["signup_at"], utc=True)
+        .dt.tz_localize(None)
+        .to_numpy()
+        .astype("datetime64[ns]")
+    )
+    return (grid.as_of.astype("datetime64[ns]")[None, :] - signup[:, None]) / np.timedelta64(1, "D")
+
+
+def _quintile_score(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """1-5 by quintile of `values` among the eligible users of each day; 0 for the others."""
+    scores = np.zeros(values.shape, dtype=np.int64)
+    for day in range(values.shape[1]):
+        members = np.flatnonzero(eligible[:, day])
+        if members.size == 0:
+            continue
+        ranks = pd.Series(values[members, day]).rank(pct=True, method="average").to_numpy()
+        scores[members, day] = np.clip(np.ceil(ranks * 5), 1, 5).astype(np.int64)
+    return scores
+
+
+def _rfm_segment(r: np.ndarray, f: np.ndarray, buyers: np.ndarray) -> np.ndarray:
+    """The usual RFM segment names from recency and frequency scores (monetary refines, not names)."""
+    segment = np.full(r.shape, "no_purchase", dtype=object)
+    rules = [
+        ((r >= 4) & (f >= 4), "champions"),
+        ((r >= 3) & (f >= 3), "loyal"),
+        ((r >= 4) & (f <= 2), "promising"),
+        ((r <= 2) & (f >= 3), "at_risk"),
+        ((r <= 2) & (f <= 2), "hibernating"),
+    ]
+    segment[buyers] = "needs_attention"
+    for mask, name in reversed(rules):
+        segment[buyers & mask] = name
+    return segment
+
+
+def _lifecycle(age_days: np.ndarray, inactive_days: np.ndarray, settings: Settings) -> np.ndarray:
+    stage = np.full(inactive_days.shape, "churned", dtype=object)
+    stage[inactive_days <= settings.lifecycle_churned_days] = "sleeping"
+    stage[inactive_days <= settings.lifecycle_active_days] = "active"
+    stage[age_days < settings.lifecycle_new_days] = "new"
+    return stage
+
+
+def _fatigue(grid: _Grid) -> dict[str, np.ndarray]:
+    sends = grid.daily((EventType.push_sent,))
+    clicks = grid.daily((EventType.push_clicked,))
+    last_push, last_click = grid.last_at((EventType.push_sent,)), grid.last_at((EventType.push_clicked,))
+    return {
+        "sends_1d": sends,
+        "sends_7d": trailing(sends, 7),
+        "sends_30d": trailing(sends, 30),
+        "clicks_1d": clicks,
+        "clicks_7d": trailing(clicks, 7),
+        "clicks_30d": trailing(clicks, 30),
+        "last_push_epoch_s": _epoch_seconds(last_push),
+        "last_click_epoch_s": _epoch_seconds(last_click),
+    }
+
+
+def _epoch_seconds(ns: np.ndarray) -> np.ndarray:
+    """Instants as float seconds since 1970, NaN for never: a number every online store keeps as is."""
+    return np.where(ns >= 0, ns / 1e9, np.nan)
+
+
+def _tag_affinity(grid: _Grid, settings: Settings, tags_of: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Smoothed click rate per tag over each user's whole history (variants' tags from the catalogue)."""
+    width = len(VARIANT_TAGS)
+    sends = np.zeros((grid.n_users, grid.n_days, width), dtype=np.float32)
+    clicks = np.zeros_like(sends)
+    for kind, target in ((EventType.push_sent, sends), (EventType.push_clicked, clicks)):
+        chosen = grid.of((kind,))
+        tags = (
+            np.stack([tags_of.get(v, np.zeros(width, dtype=np.float32)) for v in chosen["variant_id"]])
+            if len(chosen)
+            else np.zeros((0, width), dtype=np.float32)
+        )
+        np.add.at(target, (chosen["u"].to_numpy(), chosen["d"].to_numpy()), tags)
+    sends, clicks = np.cumsum(sends, axis=1), np.cumsum(clicks, axis=1)
+    population = clicks.sum(axis=0) / np.maximum(sends.sum(axis=0), 1.0)  # (days × tags)
+    prior = settings.affinity_prior_sends
+    affinity = (clicks + prior * population[None]) / (sends + prior)
+    columns: dict[str, np.ndarray] = {
+        f"affinity_{tag}": affinity[:, :, k] for k, tag in enumerate(VARIANT_TAGS)
+    }
+    columns["tagged_sends"] = sends.max(axis=2)
+    return columns
+
+
+def _variant_tags(variants: pd.DataFrame) -> dict[str, np.ndarray]:
+    position = {tag: k for k, tag in enumerate(VARIANT_TAGS)}
+    out: dict[str, np.ndarray] = {}
+    for variant_id, tags in zip(variants["variant_id"], variants["tags"], strict=True):
+        vector = np.zeros(len(VARIANT_TAGS), dtype=np.float32)
+        for tag in tags:
+            if tag in position:
+                vector[position[tag]] = 1.0
+        out[variant_id] = vector
+    return out
