@@ -1,9 +1,12 @@
 """pushplan's benchmarks, run by one command (`make bench`); prints figures with the machine they ran on.
 
     python -m benchmarks.run [--events 1000000] [--users 5000 --days 60]
+                             [--feature-users 100000 --feature-days 14] [--redis-url redis://127.0.0.1:6379/15]
 
 Measures: importing a CSV and a parquet file of N events into an empty store (rows/s, validation
-included), re-importing the same file (the idempotent path), and simulating the demo population.
+included), re-importing the same file (the idempotent path), simulating the demo population; and
+for a population of --feature-users: building the feature tables, and materializing the latest
+snapshot of every user into the SQLite and the Redis online stores (users/s).
 Each figure is one timed run on a fresh data dir; the machine is busy with nothing else.
 """
 
@@ -14,6 +17,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,12 +50,59 @@ def synthetic_events(n: int, seed: int = 0) -> pd.DataFrame:
     )
 
 
-def timed(label: str, action: Callable[[], object], rows: int | None = None) -> None:
+def timed(label: str, action: Callable[[], object], rows: int | None = None, unit: str = "rows") -> None:
     started = time.perf_counter()
     action()
     seconds = time.perf_counter() - started
-    rate = f"{rows / seconds:>12,.0f} rows/s" if rows else ""
-    print(f"{label:<48} {seconds:>8.2f} s {rate}")
+    rate = f"{rows / seconds:>12,.0f} {unit}/s" if rows else ""
+    print(f"{label:<52} {seconds:>8.2f} s {rate}", flush=True)
+
+
+def feature_store_figures(root: Path, users: int, days: int, redis_url: str) -> None:
+    """Build and materialize features for a simulated population, into SQLite and into Redis."""
+    import uuid
+
+    from features.store import apply, feature_store, materialize
+    from features.tables import build_feature_tables
+    from pushplan.services import reachable
+    from pushplan.settings import Profile
+
+    sim = root / "feature-sim"
+    simulate(sim, users=users, days=days, seed=7)
+    local = Settings(data_dir=root / "feature-local")
+    store = EventStore(local)
+    for name in ("users.parquet", "events.parquet", "campaigns.json"):
+        store.import_file(sim / name)
+    events = store.stats().events
+    print(f"feature population: {users:,} users, {days} days, {events:,} events")
+    timed(f"features build, {users:,} users x {days} days", lambda: build_feature_tables(local))
+
+    sqlite_store = feature_store(local)
+    apply(sqlite_store, local)
+    timed(
+        "features materialize, SQLite online store", lambda: materialize(sqlite_store, local), users, "users"
+    )
+    if not reachable(redis_url):
+        print(f"features materialize, Redis online store: skipped, {redis_url} not reachable")
+        return
+    production = Settings(
+        profile=Profile.production,
+        data_dir=local.data_dir,
+        redis_url=redis_url,
+        database_url="postgresql+psycopg://unused@127.0.0.1/unused",
+        feast_project=f"bench_{uuid.uuid4().hex[:8]}",
+    )
+    redis_store = feature_store(production)
+    apply(redis_store, production)
+    try:
+        timed(
+            "features materialize, Redis online store",
+            lambda: materialize(redis_store, production),
+            users,
+            "users",
+        )
+    finally:
+        redis_store.teardown()
 
 
 def main() -> None:
@@ -61,7 +112,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--feature-users", type=int, default=100_000)
+    parser.add_argument("--feature-days", type=int, default=14)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
+    # Feast and ibis warn about their own APIs on every call; the figures are what this prints.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", RuntimeWarning)
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
@@ -97,6 +154,7 @@ def main() -> None:
             f"simulate {args.users:,} users x {args.days} days",
             lambda: simulate(root / "sim", users=args.users, days=args.days, seed=7),
         )
+        feature_store_figures(root, args.feature_users, args.feature_days, args.redis_url)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from feast import FeatureStore, RepoConfig
 from feast.data_source import PushMode
 
 from features.feature_repo import definitions
+from features.feature_repo.transforms import epoch_seconds, request_context_features
 from features.tables import TABLES, table_path
 from pushplan.domain import VARIANT_TAGS, EventType
 from pushplan.settings import Profile, Settings
@@ -75,8 +76,10 @@ def feature_store(settings: Settings) -> FeatureStore:
     return FeatureStore(repo_path=str(settings.feast_dir.resolve()), config=config)
 
 
-def apply(store: FeatureStore) -> list[str]:
+def apply(store: FeatureStore, settings: Settings) -> list[str]:
     """Register the repo's entity, sources, views and services; returns the names applied."""
+    for source in definitions.TABLE_SOURCES:
+        source.file_options.uri = str(table_path(settings, source.name.removesuffix("_source")).resolve())
     store.apply(definitions.REPO_OBJECTS)
     return [getattr(obj, "name", "") for obj in definitions.REPO_OBJECTS]
 
@@ -217,7 +220,7 @@ def _stored_refs(store: FeatureStore, service: str) -> list[str]:
         for field in projection.features
     ]
     if _needs_request(store, service):
-        refs = [f"{view.name}:{field.name}" for view in _CONTEXT_VIEWS for field in view.schema] + refs
+        refs = [f"{view.name}:{field.name}" for view in _CONTEXT_VIEWS for field in view.features] + refs
     return list(dict.fromkeys(refs))
 
 
@@ -232,7 +235,7 @@ def _finish(
     """
     frame = pd.concat([rows.reset_index(drop=True), _fill(stored.reset_index(drop=True), settings)], axis=1)
     if _needs_request(store, service):
-        frame = pd.concat([frame, definitions.request_context_features(frame)], axis=1)
+        frame = pd.concat([frame, request_context_features(frame)], axis=1)
     return frame[[*rows.columns, *service_feature_names(store, service)]]
 
 
@@ -301,14 +304,13 @@ def push_events(store: FeatureStore, settings: Settings, events: pd.DataFrame) -
     if relevant.empty:
         return 0
     users = sorted(set(relevant["user_id"]))
-    refs = [f"user_fatigue:{field.name}" for field in definitions.user_fatigue_fv.schema]
+    refs = [f"user_fatigue:{field.name}" for field in definitions.user_fatigue_fv.features]
     current = _fill(
         store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_df(),
         settings,
     )
     current = current.set_index("user_id")
-    stamps = pd.to_datetime(relevant["timestamp"], utc=True)
-    epoch = stamps.astype("int64") / 1e9
+    epoch = pd.Series(epoch_seconds(relevant["timestamp"]), index=relevant.index)
     for kind, count_columns, last_column in (
         (EventType.push_sent.value, ("sends_1d", "sends_7d", "sends_30d"), "last_push_epoch_s"),
         (EventType.push_clicked.value, ("clicks_1d", "clicks_7d", "clicks_30d"), "last_click_epoch_s"),
@@ -324,7 +326,7 @@ def push_events(store: FeatureStore, settings: Settings, events: pd.DataFrame) -
         current.loc[latest.index, last_column] = np.maximum(previous, latest)
     pushed = current.reset_index()
     pushed["event_timestamp"] = datetime.now(UTC)
-    for field in definitions.user_fatigue_fv.schema:
+    for field in definitions.user_fatigue_fv.features:
         pushed[field.name] = pd.to_numeric(pushed[field.name], errors="coerce").astype(
             "float64" if field.name.endswith("epoch_s") else "float32"
         )

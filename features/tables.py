@@ -113,7 +113,9 @@ class _Grid:
         profile = pd.DataFrame({"user_id": ids})
         if not users.empty:
             profile = profile.merge(users, on="user_id", how="left")
-        profile["timezone"] = profile["timezone"].fillna(default_zone) if "timezone" in profile else default_zone
+        profile["timezone"] = (
+            profile["timezone"].fillna(default_zone) if "timezone" in profile else default_zone
+        )
         for column in ("country", "platform"):
             if column not in profile:
                 profile[column] = None

@@ -151,7 +151,8 @@ def features_apply() -> None:
     """Register the feature repo (entity, sources, views, on-demand view, services) with Feast."""
     from features.store import apply, feature_store
 
-    names = apply(feature_store(get_settings()))
+    settings = get_settings()
+    names = apply(feature_store(settings), settings)
     out.print(
         f"applied {len(names)} Feast objects: {', '.join(n for n in names if n)}",
         highlight=False,
@@ -185,10 +186,19 @@ def features_get(
     """Show a user's online features, by feature service (cold-start users show the defaults)."""
     from datetime import UTC, datetime, timedelta
 
+    from feast.errors import FeatureServiceNotFoundException
+
     from features.store import SERVICES, feature_store, online_features
 
     settings = get_settings()
     store = feature_store(settings)
+    try:
+        store.get_feature_service(SERVICES[0])
+    except FeatureServiceNotFoundException:
+        err.print(
+            "[red]no feature services registered[/]: run `pushplan features apply` first", highlight=False
+        )
+        raise typer.Exit(code=1) from None
     now = datetime.now(UTC)
     request = {
         "request_time": now,

@@ -27,6 +27,19 @@ def check_services(settings: Settings, timeout_s: float = 3.0) -> list[ServiceSt
     ]
 
 
+def reachable(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether anything accepts a TCP connection at the URL's host and port."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def _check_data_dir(settings: Settings) -> ServiceStatus:
     target = str(settings.data_dir.resolve())
     try:

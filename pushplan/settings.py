@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _lifecycle_ordered(self) -> Settings:
+        if self.lifecycle_active_days >= self.lifecycle_churned_days:
+            raise ValueError(
+                "PUSHPLAN_LIFECYCLE_ACTIVE_DAYS must be below PUSHPLAN_LIFECYCLE_CHURNED_DAYS "
+                f"(got {self.lifecycle_active_days} and {self.lifecycle_churned_days})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_services(self) -> Settings:
         # Defaulting production to localhost would hide a missing configuration until the first
         # request; refusing at start-up names the variable to set instead.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from urllib.parse import urlsplit
 
 import pytest
+
+from pushplan.services import reachable
 
 REDIS_URL = os.environ.get("PUSHPLAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 DATABASE_URL = os.environ.get(
@@ -14,18 +15,9 @@ DATABASE_URL = os.environ.get(
 )
 
 
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def require_services() -> None:
     """Skip on a laptop without the services; fail under CI, where a skip would hide a broken run."""
-    down = [url for url in (REDIS_URL, DATABASE_URL) if not _reachable(url)]
+    down = [url for url in (REDIS_URL, DATABASE_URL) if not reachable(url)]
     if not down:
         return
     message = f"not reachable: {', '.join(urlsplit(u).netloc.split('@')[-1] for u in down)}"

@@ -1,7 +1,8 @@
 """Feast declarations: entity → sources → feature views → request source → on-demand view → services.
 
-Sources read the tables `pushplan features build` writes; their paths are relative, and Feast
-resolves them against the store's repo path, which features.store sets to `<data_dir>/feast`.
+Sources read the tables `pushplan features build` writes. Their paths here are relative to
+`<data_dir>/feast`; `features.store.apply` makes them absolute for the data dir it registers,
+because Feast's DuckDB offline store reads a parquet path as given, not against the repo path.
 The push source sits with the sources because the fatigue view that it feeds names it.
 Feature services are versioned contracts: a model is trained and served with one; a change of
 features is a new version (`click_v2`), never an edit of `click_v1`.
@@ -16,7 +17,6 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Bool, Float32, Float64, Int64, String, UnixTimestamp
 
-from features.feature_repo.transforms import request_context_features
 from pushplan.domain import VARIANT_TAGS
 
 OWNER = "data-science@pushplan"
@@ -25,7 +25,10 @@ SNAPSHOT_TTL = timedelta(days=30)
 # ---- entity -----------------------------------------------------------------------------------
 
 user = Entity(
-    name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A person a campaign can reach."
+    name="user",
+    join_keys=["user_id"],
+    value_type=ValueType.STRING,
+    description="A person a campaign can reach.",
 )
 
 # ---- sources ----------------------------------------------------------------------------------
@@ -45,6 +48,13 @@ user_engagement_source = _daily_source("user_engagement")
 user_rfm_source = _daily_source("user_rfm")
 user_fatigue_source = _daily_source("user_fatigue")
 user_tag_affinity_source = _daily_source("user_tag_affinity")
+TABLE_SOURCES = (
+    user_profile_source,
+    user_engagement_source,
+    user_rfm_source,
+    user_fatigue_source,
+    user_tag_affinity_source,
+)
 
 # Incoming events (sends, clicks) update fatigue online between batch builds.
 user_fatigue_push_source = PushSource(name="user_fatigue_push_source", batch_source=user_fatigue_source)
@@ -224,6 +234,10 @@ campaign_request = RequestSource(
     tags={"group": "context"},
 )
 def request_context(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast rebuilds this function from its source when it reads the registry: the import must
+    # be inside, or the name is missing at serving time.
+    from features.feature_repo.transforms import request_context_features
+
     return request_context_features(inputs)
 
 

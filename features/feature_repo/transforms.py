@@ -13,9 +13,10 @@ import pandas as pd
 from pushplan.domain import VARIANT_TAGS
 
 
-def _seconds(values: pd.Series) -> np.ndarray:
+def epoch_seconds(values: pd.Series) -> np.ndarray:
+    """Seconds since 1970 of timestamps, whatever their unit (Feast's paths hand over ns or µs)."""
     stamps = pd.to_datetime(values, utc=True)
-    return stamps.astype("int64").to_numpy() / 1e9
+    return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
 
 
 def _at_hour(vectors: pd.Series, hours: np.ndarray, offset: int = 0) -> np.ndarray:
@@ -39,7 +40,7 @@ def _hour_rank(vectors: pd.Series, hours: np.ndarray) -> np.ndarray:
 def request_context_features(inputs: pd.DataFrame) -> pd.DataFrame:
     """Features of (user, request): engagement at the candidate hour, tag match, recency, window."""
     hours = pd.to_numeric(inputs["candidate_local_hour"], errors="coerce").to_numpy(dtype=float)
-    now = _seconds(inputs["request_time"])
+    now = epoch_seconds(inputs["request_time"])
     out = pd.DataFrame(index=inputs.index)
     out["engagement_at_hour"] = _at_hour(inputs["activity_by_hour"], hours)
     out["engagement_near_hour"] = (
@@ -66,7 +67,7 @@ def request_context_features(inputs: pd.DataFrame) -> pd.DataFrame:
 
     out["hours_since_last_push"] = (now - inputs["last_push_epoch_s"].to_numpy(dtype=float)) / 3600
     out["hours_since_last_click"] = (now - inputs["last_click_epoch_s"].to_numpy(dtype=float)) / 3600
-    start, end = _seconds(inputs["window_start"]), _seconds(inputs["window_end"])
+    start, end = epoch_seconds(inputs["window_start"]), epoch_seconds(inputs["window_end"])
     out["window_hours"] = (end - start) / 3600
     out["hours_to_window_end"] = (end - now) / 3600
     return out.astype("float64")

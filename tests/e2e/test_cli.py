@@ -36,7 +36,14 @@ def stats(env: dict[str, str]) -> dict[str, object]:
 
 def test_demo_imports_then_a_bad_file_changes_nothing(env: dict[str, str], tmp_path: Path) -> None:
     demo = run("demo", "--users", "400", "--days", "21", "--seed", "3", env=env)
-    assert "simulate" in demo.stdout and "import" in demo.stdout
+    for step in ("simulate", "import", "features", "built 5 feature tables", "materialized snapshots"):
+        assert step in demo.stdout
+
+    features = json.loads(run("features", "get", "u0000001", "--json", "--hour", "20", env=env).stdout)
+    assert set(features["services"]) == {"click_v1", "send_hour_v1", "variant_v1"}
+    assert len(features["services"]["send_hour_v1"]["activity_by_hour"]) == 24
+    cold = json.loads(run("features", "get", "someone-new", "--json", env=env).stdout)
+    assert cold["services"]["send_hour_v1"]["lifecycle_stage"] == "new"
 
     before = stats(env)
     assert before["users"] == 400

@@ -62,3 +62,9 @@ def test_importing_reads_no_environment_and_touches_no_disk(
         importlib.reload(importlib.import_module(name))
     assert not (tmp_path / "never-created").exists()
     importlib.reload(settings_module)
+
+
+def test_lifecycle_thresholds_must_be_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHPLAN_LIFECYCLE_ACTIVE_DAYS", "40")
+    with pytest.raises(ValidationError, match="must be below PUSHPLAN_LIFECYCLE_CHURNED_DAYS"):
+        Settings()

@@ -20,13 +20,6 @@ START = date(2026, 9, 1)
 
 
 @pytest.fixture(scope="module")
-def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sim")
-    simulate(out, users=1500, days=35, seed=11, start=START)
-    return out
-
-
-@pytest.fixture(scope="module")
 def events(sim_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(sim_dir / "events.parquet")
 
