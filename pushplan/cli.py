@@ -284,5 +284,7 @@ def demo(
 def main() -> None:
     # Feast and ibis warn about their own internals on every call; users can do nothing about them.
     warnings.filterwarnings("ignore", message=".*fetch_arrow_table", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message="On demand feature view is an experimental", category=RuntimeWarning)
+    warnings.filterwarnings(
+        "ignore", message="On demand feature view is an experimental", category=RuntimeWarning
+    )
     app()
