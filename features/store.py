@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from string import Template
@@ -58,8 +59,18 @@ def feast_redis_connection(url: str) -> str:
     return ",".join(pieces)
 
 
+def _quiet_feast() -> None:
+    """Feast and ibis warn about their own internals on every call, and Feast's import resets the
+    filters to "once"; users can do nothing about these, so they are silenced after Feast loads."""
+    warnings.filterwarnings("ignore", message=".*fetch_arrow_table", category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", message="On demand feature view is an experimental", category=RuntimeWarning
+    )
+
+
 def feature_store(settings: Settings) -> FeatureStore:
     """The profile's Feast store; relative source paths resolve under `<data_dir>/feast`."""
+    _quiet_feast()
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     production = settings.profile is Profile.production
     yaml_file = REPO_DIR / ("feature_store.production.yaml" if production else "feature_store.yaml")
@@ -97,15 +108,22 @@ def materialize(store: FeatureStore, settings: Settings) -> tuple[datetime, date
     """Load the latest snapshot of every user into the online store, incrementally after the first run.
 
     Feast's own incremental start for a view never materialized is "now - ttl", which would skip
-    history older than the ttl; the first run therefore starts at the first snapshot.
+    history older than the ttl; the first run therefore starts at the first snapshot. So does the
+    first run after `features build` rewrote the tables: Feast tracks materialized time ranges,
+    not table contents, and would otherwise keep serving the old build's values.
     """
     first, last = snapshot_span(settings)
     end = last + timedelta(seconds=1)
     views = [view.name for view in store.list_feature_views()]
     fresh = any(not store.get_feature_view(name).materialization_intervals for name in views)
-    if fresh:
+    marker = settings.feast_dir / "materialized.json"
+    seen = json.loads(marker.read_text()) if marker.exists() else {}
+    target = f"{store.project}/{store.config.online_store.type}"
+    build = max(table_path(settings, name).stat().st_mtime_ns for name in TABLES)
+    if fresh or seen.get(target) != build:
         start = first - timedelta(seconds=1)
         store.materialize(start_date=start, end_date=end)
+        marker.write_text(json.dumps({**seen, target: build}) + "\n")
         return start, end
     previous = max(
         interval[1] for name in views for interval in store.get_feature_view(name).materialization_intervals
@@ -284,12 +302,14 @@ def training_set(
     rows = entity_rows.reset_index(drop=True).copy()
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
     rows = _request_rows(store, service, rows)
-    # Feast does not promise the entity rows' order back; a row number restores it.
+    # Only keys, time and request fields go to Feast (other columns, labels for one, ride along
+    # here); Feast does not promise the rows' order back, so a row number restores it.
+    keys = ["user_id", "event_timestamp", *(REQUEST_FIELDS if _needs_request(store, service) else ())]
     joined = store.get_historical_features(
-        entity_df=rows.assign(_row=np.arange(len(rows))), features=_stored_refs(store, service)
+        entity_df=rows[keys].assign(_row=np.arange(len(rows))), features=_stored_refs(store, service)
     ).to_df()
     joined = joined.sort_values("_row").reset_index(drop=True)
-    stored = joined.drop(columns=[*rows.columns, "_row"])
+    stored = joined.drop(columns=[*keys, "_row"])
     return _finish(store, settings, service, rows, stored)
 
 

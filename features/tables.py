@@ -384,8 +384,11 @@ def _tag_affinity(grid: _Grid, settings: Settings, tags_of: dict[str, np.ndarray
         np.add.at(target, (chosen["u"].to_numpy(), chosen["d"].to_numpy()), tags)
     sends, clicks = np.cumsum(sends, axis=1), np.cumsum(clicks, axis=1)
     population = clicks.sum(axis=0) / np.maximum(sends.sum(axis=0), 1.0)  # (days × tags)
-    prior = settings.affinity_prior_sends
-    affinity = (clicks + prior * population[None]) / (sends + prior)
+    # The prior is a number of clicks, turned into sends at each day's overall click rate, so the
+    # shrinkage means the same whatever the app's click rate is.
+    overall = clicks.sum(axis=(0, 2)) / np.maximum(sends.sum(axis=(0, 2)), 1.0)  # (days,)
+    prior = settings.affinity_prior_clicks / np.maximum(overall, 1e-3)
+    affinity = (clicks + prior[None, :, None] * population[None]) / (sends + prior[None, :, None])
     columns: dict[str, np.ndarray] = {
         f"affinity_{tag}": affinity[:, :, k] for k, tag in enumerate(VARIANT_TAGS)
     }

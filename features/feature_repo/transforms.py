@@ -37,6 +37,25 @@ def _hour_rank(vectors: pd.Series, hours: np.ndarray) -> np.ndarray:
     return out
 
 
+def tag_match_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    """How much the user likes the variant's tags: mean and max of their tag affinities, and the count."""
+    affinity = np.stack([inputs[f"affinity_{tag}"].to_numpy(dtype=float) for tag in VARIANT_TAGS], axis=1)
+    chosen = np.zeros_like(affinity)
+    for row, tags in enumerate(inputs["variant_tags"].fillna("")):
+        for tag in str(tags).split(","):
+            if tag.strip() in VARIANT_TAGS:
+                chosen[row, VARIANT_TAGS.index(tag.strip())] = 1.0
+    counts = chosen.sum(axis=1)
+    out = pd.DataFrame(index=inputs.index)
+    with np.errstate(invalid="ignore"):
+        out["tag_affinity_mean"] = np.where(counts > 0, (affinity * chosen).sum(axis=1) / counts, np.nan)
+        out["tag_affinity_max"] = np.where(
+            counts > 0, np.where(chosen > 0, affinity, -np.inf).max(axis=1), np.nan
+        )
+    out["variant_tag_count"] = counts
+    return out
+
+
 def request_context_features(inputs: pd.DataFrame) -> pd.DataFrame:
     """Features of (user, request): engagement at the candidate hour, tag match, recency, window."""
     hours = pd.to_numeric(inputs["candidate_local_hour"], errors="coerce").to_numpy(dtype=float)
@@ -51,20 +70,7 @@ def request_context_features(inputs: pd.DataFrame) -> pd.DataFrame:
     out["push_engagement_at_hour"] = _at_hour(inputs["push_engagement_by_hour"], hours)
     out["hour_rank"] = _hour_rank(inputs["activity_by_hour"], hours)
 
-    affinity = np.stack([inputs[f"affinity_{tag}"].to_numpy(dtype=float) for tag in VARIANT_TAGS], axis=1)
-    chosen = np.zeros_like(affinity)
-    for row, tags in enumerate(inputs["variant_tags"].fillna("")):
-        for tag in str(tags).split(","):
-            if tag.strip() in VARIANT_TAGS:
-                chosen[row, VARIANT_TAGS.index(tag.strip())] = 1.0
-    counts = chosen.sum(axis=1)
-    with np.errstate(invalid="ignore"):
-        out["tag_affinity_mean"] = np.where(counts > 0, (affinity * chosen).sum(axis=1) / counts, np.nan)
-        out["tag_affinity_max"] = np.where(
-            counts > 0, np.where(chosen > 0, affinity, -np.inf).max(axis=1), np.nan
-        )
-    out["variant_tag_count"] = counts
-
+    out = pd.concat([out, tag_match_features(inputs)], axis=1)
     out["hours_since_last_push"] = (now - inputs["last_push_epoch_s"].to_numpy(dtype=float)) / 3600
     out["hours_since_last_click"] = (now - inputs["last_click_epoch_s"].to_numpy(dtype=float)) / 3600
     start, end = epoch_seconds(inputs["window_start"]), epoch_seconds(inputs["window_end"])

@@ -1,0 +1,94 @@
+"""MLflow for the profile: SQLite file + local artifacts (local) or PostgreSQL (production); the registry's
+champions, and the listing behind `pushplan models list`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pushplan.settings import Profile, Settings
+
+EXPERIMENT = "pushplan"
+CHAMPION = "champion"
+
+
+def tracking_uri(settings: Settings) -> str:
+    if settings.profile is Profile.production:
+        assert settings.database_url
+        return settings.database_url
+    return f"sqlite:///{(settings.data_dir / 'mlflow.db').resolve()}"
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow's tracking and registry at the profile's store; make sure the experiment exists."""
+    uri = tracking_uri(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        artifacts = (settings.data_dir / "mlartifacts").resolve()
+        client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return client
+
+
+def champion_version(client: MlflowClient, name: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class RegisteredModelInfo:
+    name: str
+    versions: list[dict[str, Any]]
+    aliases: dict[str, str]
+    headline_metric: str | None
+    champion_metric: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "aliases": self.aliases,
+            "headline_metric": self.headline_metric,
+            "champion_metric": self.champion_metric,
+            "versions": self.versions,
+        }
+
+
+def list_models(client: MlflowClient, headline: dict[str, str]) -> list[RegisteredModelInfo]:
+    """Every registered model with its versions, aliases and headline metric (from each version's run)."""
+    out = []
+    for model in client.search_registered_models():
+        metric = headline.get(model.name)
+        versions: list[dict[str, Any]] = []
+        for version in sorted(
+            client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)
+        ):
+            run = client.get_run(version.run_id) if version.run_id else None
+            versions.append(
+                {
+                    "version": int(version.version),
+                    "run_id": version.run_id,
+                    "aliases": list(version.aliases),
+                    "created": version.creation_timestamp,
+                    "metric": run.data.metrics.get(metric) if run and metric else None,
+                    "feature_service": run.data.params.get("feature_service") if run else None,
+                }
+            )
+        aliases = {alias: str(version) for alias, version in model.aliases.items()}
+        for entry in versions:
+            entry["aliases"] = sorted(a for a, v in aliases.items() if v == str(entry["version"]))
+        champion = next((v for v in versions if CHAMPION in v["aliases"]), None)
+        out.append(
+            RegisteredModelInfo(
+                model.name, versions, aliases, metric, champion["metric"] if champion else None
+            )
+        )
+    return sorted(out, key=lambda m: m.name)
