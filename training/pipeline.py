@@ -62,7 +62,8 @@ def fit_model(
     classifier.fit(
         frame.transform(train),
         train["label"].to_numpy(),
-        eval_set=[(frame.transform(valid), valid["label"].to_numpy())],
+        eval_X=(frame.transform(valid),),
+        eval_y=(valid["label"].to_numpy(),),
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
     model: Any = Pipeline([("features", frame), ("lgbm", classifier)])
@@ -191,7 +192,7 @@ def tune(spec: ModelSpec, columns: list[str], split: Split, trials: int) -> dict
         return float(score(spec, model, replace(split, test=split.valid))[spec.metric])
 
     study = optuna.create_study(direction="maximize" if spec.higher_is_better else "minimize")
-    study.optimize(objective, n_trials=trials, show_progress_bar=False)
+    study.optimize(objective, n_trials=trials, show_progress_bar=True)
     return {**spec.params, **study.best_params}
 
 
@@ -260,6 +261,8 @@ def train(
         for plot in evaluation.save_plots(Path(scratch) / "plots", metrics, importance(model)):
             mlflow.log_artifact(str(plot), artifact_path="plots")
         example = split.train[columns].head(5)
+        # Integer columns in a signature cannot hold missing values; every numeric input is a float.
+        example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
         info = mlflow.sklearn.log_model(
             model,
             name="model",

@@ -90,6 +90,16 @@ def test_a_new_version_becomes_champion_only_when_it_wins(
     )
 
 
+def test_tuning_reuses_the_training_function(
+    trained: tuple[Settings, FeatureStore, dict[str, TrainResult]],
+) -> None:
+    settings, _, _ = trained
+    tuned = train(SEND_HOUR, settings, eval_days=EVAL_DAYS, trials=2)
+    run = configure(settings).get_run(tuned.run_id)
+    assert run.data.params["tuning_trials"] == "2"
+    assert 0 < tuned.value <= 1
+
+
 def test_invariance_the_user_id_does_not_change_a_prediction(
     trained: tuple[Settings, FeatureStore, dict[str, TrainResult]], hour_rows: pd.DataFrame
 ) -> None:
