@@ -1,4 +1,4 @@
-"""The production profile end to end for a model: Feast on Redis, MLflow tracking and registry on PostgreSQL."""
+"""The production profile end to end for a model: Feast on Redis, MLflow on PostgreSQL."""
 
 from __future__ import annotations
 
