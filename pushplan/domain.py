@@ -39,6 +39,52 @@ class Channel(StrEnum):
     sandbox = "sandbox"
 
 
+class Decision(StrEnum):
+    send = "send"
+    skip = "skip"
+    holdout = "holdout"
+
+
+class Reason(StrEnum):
+    """Why an item is not a plain send; `None` on a send the model chose, `exploration` when explored."""
+
+    holdout = "holdout"
+    opted_out = "opted_out"
+    capped = "capped"
+    quiet_hours = "quiet_hours"
+    low_value = "low_value"
+    no_window = "no_window"
+    exploration = "exploration"
+
+
+class ItemState(StrEnum):
+    planned = "planned"
+    queued = "queued"
+    sent = "sent"
+    suppressed = "suppressed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class PlanItem(BaseModel):
+    """The contract between serving and dispatch (DESIGN.md, "Plan item")."""
+
+    plan_id: str
+    campaign_id: str
+    user_id: str
+    decision: Decision
+    reason: Reason | None = None
+    channel: Channel | None = None
+    variant_id: str | None = None
+    send_at: AwareDatetime | None = None
+    local_send_at: str | None = Field(default=None, description="ISO 8601 in the user's zone, with offset.")
+    p_click: float | None = Field(default=None, ge=0.0, le=1.0)
+    expected_uplift: float | None = None
+    propensity: float | None = Field(default=None, gt=0.0, le=1.0)
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    state: ItemState = ItemState.planned
+
+
 class Objective(StrEnum):
     clicks = "clicks"
     conversions = "conversions"

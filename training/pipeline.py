@@ -26,6 +26,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 
 from features.store import feature_store, service_feature_names
+from pushplan.clock import smooth_hours
 from pushplan.settings import Settings
 from training import evaluation
 from training.datasets import Split, build_split
@@ -85,16 +86,9 @@ def predict(spec: ModelSpec, model: Any, rows: pd.DataFrame) -> np.ndarray:
     return full
 
 
-# Weights of the hours around a candidate (-2 … +2): response curves are smooth and each hour's
-# probability is a noisy estimate, so the centre of the most engaged few hours beats the single
-# most probable hour (on the simulator, 0.95 against 0.89 of the best achievable; docs/models.md).
-HOUR_KERNEL = np.array([0.5, 1.0, 1.0, 1.0, 0.5])
-
-
 def choose_hours(proba: np.ndarray) -> np.ndarray:
-    """The local send hour for each row of a (rows × 24) hour-probability matrix."""
-    smoothed = sum(weight * np.roll(proba, 2 - k, axis=1) for k, weight in enumerate(HOUR_KERNEL))
-    return np.asarray(smoothed).argmax(axis=1)
+    """The local send hour for each row of a (rows × 24) hour-probability matrix (any hour allowed)."""
+    return smooth_hours(proba).argmax(axis=1)
 
 
 def importance(model: Any) -> pd.Series:

@@ -1,0 +1,196 @@
+"""The planner: pure decision logic that turns model scores into plan items. No I/O.
+
+For each user of an audience, in this order (DESIGN.md, "Decisions"):
+1. eligibility: the first of the campaign's channels the user is opted in to, else `opted_out`;
+2. holdout: a hash of (campaign, user) puts `holdout_fraction` of eligible users in control;
+3. timing: the local send slots inside the window, after `now` and outside quiet hours in the
+   user's own zone (`no_window` / `quiet_hours` when there are none); the hour is the best of the
+   user's smoothed hour scores among the allowed hours, at its earliest slot;
+4. variant: the highest variant score;
+5. exploration: with probability `exploration` a uniformly random allowed hour and variant; every
+   item logs the propensity of the (hour, variant) it carries under this mixed policy;
+6. value: below `min_p_click`, skip with `low_value`.
+Holdout items carry the slot and variant they would have been sent, so uplift can be measured
+over the same windows. The same inputs and seed always give the same plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from pushplan.clock import smooth_hours, to_utc
+from pushplan.domain import Campaign, Channel, Decision, ItemState, Reason
+
+PLAN_NAMESPACE = uuid.UUID("8f0c5d36-8a3e-4b8e-9d59-2f2d1f6c1a70")
+OPT_IN_OF_CHANNEL = {
+    Channel.push: "push_opt_in",
+    Channel.sandbox: "push_opt_in",  # the demo's stand-in for push
+    Channel.sms: "sms_opt_in",
+    Channel.email: "email_opt_in",
+}
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Local hours when nothing is sent: from `start` (inclusive) to `end` (exclusive), across midnight."""
+
+    start: int = 22
+    end: int = 8
+
+    def mask(self) -> np.ndarray:
+        hours = np.arange(24)
+        if self.start == self.end:
+            return np.zeros(24, dtype=bool)
+        if self.start < self.end:
+            return (hours >= self.start) & (hours < self.end)
+        return (hours >= self.start) | (hours < self.end)
+
+
+@dataclass
+class Audience:
+    """Who may be planned for, with the models' scores for them (rows aligned).
+
+    `users` has user_id, timezone and the opt-in columns; `hour_scores` is (users × 24) over local
+    hours; `variant_scores` is (users × variants) p(click), variants in the campaign's order.
+    """
+
+    users: pd.DataFrame
+    hour_scores: np.ndarray
+    variant_scores: np.ndarray
+    model_versions: dict[str, str] = field(default_factory=dict)
+
+
+def holdout_draw(campaign_id: str, user_ids: pd.Series) -> np.ndarray:
+    """A uniform number in [0, 1) per user, fixed by (campaign, user): the same user stays in control."""
+    digests = [hashlib.sha256(f"{campaign_id}\x1f{user}".encode()).digest()[:8] for user in user_ids]
+    return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
+
+
+def local_slots(campaign: Campaign, zone: str, now: datetime, quiet: QuietHours) -> pd.DataFrame:
+    """Every whole local hour in the window, after `now`, with its UTC instant and whether it is quiet."""
+    start = max(pd.Timestamp(campaign.window.start), pd.Timestamp(now)).tz_convert(zone)
+    end = pd.Timestamp(campaign.window.end).tz_convert(zone)
+    days = pd.date_range(start.normalize().tz_localize(None), end.normalize().tz_localize(None), freq="D")
+    local = (days.values[:, None] + np.arange(24)[None, :].astype("timedelta64[h]")).ravel()
+    utc = pd.DatetimeIndex(to_utc(local, np.full(local.size, zone, dtype=object))).tz_localize("UTC")
+    slots = pd.DataFrame({"send_at": utc})
+    slots["local"] = slots["send_at"].dt.tz_convert(zone)
+    slots["hour"] = slots["local"].dt.hour
+    inside = (slots["send_at"] >= start.tz_convert("UTC")) & (slots["send_at"] < end.tz_convert("UTC"))
+    slots = slots[inside].drop_duplicates("send_at").sort_values("send_at", ignore_index=True)
+    slots["quiet"] = quiet.mask()[slots["hour"].to_numpy()]
+    return slots
+
+
+def plan(
+    campaign: Campaign,
+    audience: Audience,
+    now: datetime,
+    *,
+    seed: int = 0,
+    quiet: QuietHours | None = None,
+    min_p_click: float = 0.0,
+) -> pd.DataFrame:
+    """One plan item per user of the audience, as a frame with the PlanItem columns."""
+    quiet = quiet or QuietHours()
+    users = audience.users.reset_index(drop=True)
+    n, n_variants = len(users), len(campaign.variants)
+    if audience.hour_scores.shape != (n, 24) or audience.variant_scores.shape != (n, n_variants):
+        raise ValueError("scores must be (users × 24) and (users × the campaign's variants)")
+    items = pd.DataFrame(
+        {
+            "plan_id": [
+                str(uuid.uuid5(PLAN_NAMESPACE, f"{campaign.campaign_id}\x1f{u}")) for u in users["user_id"]
+            ],
+            "campaign_id": campaign.campaign_id,
+            "user_id": users["user_id"].astype(str),
+            "decision": Decision.skip.value,
+            "reason": None,
+            "channel": None,
+            "variant_id": None,
+            "send_at": pd.NaT,
+            "local_send_at": None,
+            "p_click": np.nan,
+            "expected_uplift": np.nan,
+            "propensity": np.nan,
+            "model_versions": [dict(audience.model_versions)] * n,
+            "state": ItemState.suppressed.value,
+        }
+    )
+    items["send_at"] = pd.to_datetime(items["send_at"], utc=True)
+
+    channel = pd.Series([None] * n, dtype=object)
+    for option in reversed(campaign.channels):  # the first opted-in channel wins
+        column = OPT_IN_OF_CHANNEL.get(option)
+        reachable = (
+            users[column].fillna(False).astype(bool)
+            if column in users
+            else pd.Series(True, index=users.index)
+        )
+        channel = channel.mask(reachable.to_numpy(), option.value)
+    eligible = channel.notna().to_numpy()
+    items.loc[~eligible, "reason"] = Reason.opted_out.value
+    items["channel"] = channel
+
+    in_control = eligible & (holdout_draw(campaign.campaign_id, users["user_id"]) < campaign.holdout_fraction)
+    rng = np.random.default_rng(
+        [seed, int.from_bytes(hashlib.sha256(campaign.campaign_id.encode()).digest()[:4], "big")]
+    )
+    explore_draw = rng.random(n)
+    random_hour_draw = rng.random(n)
+    random_variant = rng.integers(0, n_variants, n)
+    greedy_variant = audience.variant_scores.argmax(axis=1)
+    hour_value = smooth_hours(np.asarray(audience.hour_scores, dtype=float))
+
+    for zone, members in users.groupby(users["timezone"]).indices.items():
+        slots = local_slots(campaign, str(zone), now, quiet)
+        open_slots = slots[~slots["quiet"]]
+        rows = members[eligible[members]]
+        if slots.empty:
+            items.loc[rows, "reason"] = Reason.no_window.value
+            continue
+        if open_slots.empty:
+            items.loc[rows, "reason"] = Reason.quiet_hours.value
+            continue
+        allowed = np.zeros(24, dtype=bool)
+        allowed[open_slots["hour"].unique()] = True
+        first_slot = open_slots.groupby("hour")["send_at"].min()
+        local_of = dict(zip(open_slots["send_at"], open_slots["local"], strict=True))
+        hours_allowed = np.flatnonzero(allowed)
+        greedy_hour = np.where(allowed[None, :], hour_value[rows], -np.inf).argmax(axis=1)
+        explored = explore_draw[rows] < campaign.exploration
+        random_hour = hours_allowed[(random_hour_draw[rows] * hours_allowed.size).astype(int)]
+        hour = np.where(explored, random_hour, greedy_hour)
+        variant = np.where(explored, random_variant[rows], greedy_variant[rows])
+        uniform = campaign.exploration / (hours_allowed.size * n_variants)
+        is_greedy = (hour == greedy_hour) & (variant == greedy_variant[rows])
+        send_at = first_slot.loc[hour].to_numpy()
+        items.loc[rows, "send_at"] = send_at
+        items.loc[rows, "local_send_at"] = [local_of[pd.Timestamp(t)].isoformat() for t in send_at]
+        items.loc[rows, "variant_id"] = [campaign.variants[v].variant_id for v in variant]
+        items.loc[rows, "p_click"] = audience.variant_scores[rows, variant]
+        items.loc[rows, "propensity"] = np.where(is_greedy, 1 - campaign.exploration + uniform, uniform)
+        items.loc[rows, "reason"] = np.where(explored & ~is_greedy, Reason.exploration.value, None)
+        items.loc[rows, "decision"] = Decision.send.value
+        items.loc[rows, "state"] = ItemState.planned.value
+
+    timed = items["decision"] == Decision.send.value
+    control = timed & in_control
+    items.loc[control, ["decision", "reason", "state"]] = [
+        Decision.holdout.value,
+        Reason.holdout.value,
+        ItemState.suppressed.value,
+    ]
+    low = timed & ~control & (items["p_click"] < min_p_click)
+    items.loc[low, ["decision", "reason", "state"]] = [
+        Decision.skip.value,
+        Reason.low_value.value,
+        ItemState.suppressed.value,
+    ]
+    return items
