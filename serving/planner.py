@@ -176,7 +176,7 @@ def plan(
         items.loc[rows, "variant_id"] = [campaign.variants[v].variant_id for v in variant]
         items.loc[rows, "p_click"] = audience.variant_scores[rows, variant]
         items.loc[rows, "propensity"] = np.where(is_greedy, 1 - campaign.exploration + uniform, uniform)
-        items.loc[rows, "reason"] = np.where(explored & ~is_greedy, Reason.exploration.value, None)
+        items.loc[rows, "reason"] = [Reason.exploration.value if e else None for e in explored & ~is_greedy]
         items.loc[rows, "decision"] = Decision.send.value
         items.loc[rows, "state"] = ItemState.planned.value
 
