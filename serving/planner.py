@@ -170,7 +170,7 @@ def plan(
         variant = np.where(explored, random_variant[rows], greedy_variant[rows])
         uniform = campaign.exploration / (hours_allowed.size * n_variants)
         is_greedy = (hour == greedy_hour) & (variant == greedy_variant[rows])
-        send_at = first_slot.loc[hour].to_numpy()
+        send_at = first_slot.loc[hour].array  # tz-aware: the column stays datetime64[ns, UTC]
         items.loc[rows, "send_at"] = send_at
         items.loc[rows, "local_send_at"] = [local_of[pd.Timestamp(t)].isoformat() for t in send_at]
         items.loc[rows, "variant_id"] = [campaign.variants[v].variant_id for v in variant]

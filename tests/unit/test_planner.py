@@ -94,6 +94,7 @@ def test_properties_of_every_plan(case: tuple[Campaign, Audience, datetime, Quie
 
     # Exactly one decision per user.
     assert sorted(items["user_id"]) == sorted(people.users["user_id"])
+    assert str(items["send_at"].dtype) == "datetime64[ns, UTC]"
     assert items["plan_id"].is_unique
     assert set(items["decision"]) <= {"send", "skip", "holdout"}
 

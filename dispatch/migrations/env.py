@@ -1,0 +1,16 @@
+"""Alembic environment for the plan store: the URL comes from dispatch.plan_store.migrate."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context
+
+from dispatch.plan_store import Base
+
+config = context.config
+connectable = sa.create_engine(config.get_main_option("sqlalchemy.url") or "")
+with connectable.connect() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+connectable.dispose()

@@ -1,0 +1,199 @@
+"""The plan store: campaigns and plan items in SQL (SQLite locally, PostgreSQL in production).
+
+The schema is owned by Alembic migrations (`dispatch/migrations`), applied by `migrate(settings)`;
+the ORM classes below mirror the latest migration. Re-planning is idempotent: an item is keyed by
+(campaign, user), and a new plan replaces only items not yet handed to dispatch (`planned`, or
+`suppressed` skips and holdouts), never one queued, sent, failed or cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from pushplan.domain import Campaign, ItemState, PlanItem
+from pushplan.settings import Profile, Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# States a new plan may overwrite: not yet handed to dispatch. Queued, sent, failed and cancelled
+# items are dispatch's record of what happened and are never rewritten by planning.
+REPLANNABLE = {ItemState.planned.value, ItemState.suppressed.value}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+
+    campaign_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(500))
+    status: Mapped[str] = mapped_column(sa.String(20), default="active")
+    spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class PlanItemRow(Base):
+    __tablename__ = "plan_items"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "user_id", name="uq_plan_items_campaign_user"),)
+
+    plan_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("campaigns.campaign_id"), index=True)
+    user_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    decision: Mapped[str] = mapped_column(sa.String(10))
+    reason: Mapped[str | None] = mapped_column(sa.String(20))
+    channel: Mapped[str | None] = mapped_column(sa.String(20))
+    variant_id: Mapped[str | None] = mapped_column(sa.String(200))
+    send_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    local_send_at: Mapped[str | None] = mapped_column(sa.String(40))
+    p_click: Mapped[float | None] = mapped_column(sa.Float)
+    expected_uplift: Mapped[float | None] = mapped_column(sa.Float)
+    propensity: Mapped[float | None] = mapped_column(sa.Float)
+    model_versions: Mapped[dict[str, str]] = mapped_column(sa.JSON)
+    state: Mapped[str] = mapped_column(sa.String(12), index=True)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+def database_url(settings: Settings) -> str:
+    if settings.profile is Profile.production:
+        assert settings.database_url
+        return settings.database_url
+    return f"sqlite:///{(settings.data_dir / 'plans.db').resolve()}"
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the plan store's schema to the latest Alembic revision."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url(settings).replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+class PlanStore:
+    def __init__(self, settings: Settings) -> None:
+        self.engine = sa.create_engine(database_url(settings), pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def save_campaign(self, campaign: Campaign) -> None:
+        now = datetime.now(UTC)
+        with self.session() as session:
+            row = session.get(CampaignRow, campaign.campaign_id)
+            spec = campaign.model_dump(mode="json")
+            if row is None:
+                session.add(
+                    CampaignRow(
+                        campaign_id=campaign.campaign_id,
+                        name=campaign.name,
+                        spec=spec,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            else:
+                row.name, row.spec, row.updated_at = campaign.name, spec, now
+
+    def get_campaign(self, campaign_id: str) -> Campaign | None:
+        with self.session() as session:
+            row = session.get(CampaignRow, campaign_id)
+            return Campaign.model_validate(row.spec) if row else None
+
+    def save_items(self, items: pd.DataFrame) -> int:
+        """Insert new items, replace REPLANNABLE ones of the same (campaign, user); returns rows written."""
+        if items.empty:
+            return 0
+        records = [PlanItem.model_validate(_clean(r)).model_dump() for r in items.to_dict("records")]
+        now = datetime.now(UTC)
+        written = 0
+        with self.session() as session:
+            existing = {
+                (row.campaign_id, row.user_id): row
+                for row in session.scalars(
+                    sa.select(PlanItemRow).where(
+                        PlanItemRow.campaign_id.in_({r["campaign_id"] for r in records}),
+                        PlanItemRow.user_id.in_([r["user_id"] for r in records]),
+                    )
+                )
+            }
+            for record in records:
+                values = {k: _column_value(v) for k, v in record.items()}
+                row = existing.get((values["campaign_id"], values["user_id"]))
+                if row is None:
+                    session.add(PlanItemRow(**values, updated_at=now))
+                    written += 1
+                elif row.state in REPLANNABLE:
+                    for key, value in values.items():
+                        if key != "plan_id":
+                            setattr(row, key, value)
+                    row.updated_at = now
+                    written += 1
+        return written
+
+    def list_items(
+        self,
+        campaign_id: str,
+        *,
+        decision: str | None = None,
+        reason: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[PlanItem]:
+        """Items of a campaign in plan_id order, `limit` at a time after the cursor `after`."""
+        query = sa.select(PlanItemRow).where(PlanItemRow.campaign_id == campaign_id)
+        if decision:
+            query = query.where(PlanItemRow.decision == decision)
+        if reason:
+            query = query.where(PlanItemRow.reason == reason)
+        if after:
+            query = query.where(PlanItemRow.plan_id > after)
+        with self.session() as session:
+            rows = session.scalars(query.order_by(PlanItemRow.plan_id).limit(limit)).all()
+            return [PlanItem.model_validate(_from_row(row)) for row in rows]
+
+    def counts(self, campaign_id: str) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(
+                sa.select(PlanItemRow.decision, sa.func.count())
+                .where(PlanItemRow.campaign_id == campaign_id)
+                .group_by(PlanItemRow.decision)
+            ).all()
+        return {decision: int(count) for decision, count in rows}
+
+
+def _column_value(value: Any) -> Any:
+    """Enums as their values, pandas timestamps as plain datetimes: what every SQL driver takes."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    """Missing values from a frame (NaN, NaT) become None for the contract."""
+    return {k: (None if not isinstance(v, dict | list) and pd.isna(v) else v) for k, v in record.items()}
+
+
+def _from_row(row: PlanItemRow) -> dict[str, Any]:
+    values = {column.name: getattr(row, column.name) for column in PlanItemRow.__table__.columns}
+    values.pop("updated_at")
+    if values["send_at"] is not None and values["send_at"].tzinfo is None:
+        values["send_at"] = values["send_at"].replace(tzinfo=UTC)  # SQLite keeps no zone; we store UTC
+    return values

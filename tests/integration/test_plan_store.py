@@ -1,0 +1,133 @@
+"""The plan store's contract, run against SQLite (local) and the real PostgreSQL (production)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from dispatch.plan_store import PlanStore, migrate
+from pushplan.domain import Campaign
+from pushplan.settings import Profile, Settings
+from serving.planner import Audience, plan
+from tests.services import DATABASE_URL, REDIS_URL, require_services
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlanStore]:
+    data_dir = tmp_path_factory.mktemp("plans")
+    if request.param == "sqlite":
+        settings = Settings(data_dir=data_dir)
+        migrate(settings)
+        yield PlanStore(settings)
+        return
+    request.applymarker(pytest.mark.integration)
+    require_services()
+    name = f"pushplan_plans_{uuid.uuid4().hex[:10]}"
+    admin = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    settings = Settings(
+        profile=Profile.production,
+        data_dir=data_dir,
+        redis_url=REDIS_URL,
+        database_url=DATABASE_URL.rsplit("/", 1)[0] + f"/{name}",
+    )
+    migrate(settings)
+    migrate(settings)  # applying the migrations again changes nothing
+    plan_store = PlanStore(settings)
+    yield plan_store
+    plan_store.engine.dispose()
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+CAMPAIGN = Campaign.model_validate(
+    {
+        "campaign_id": "autumn",
+        "name": "Autumn",
+        "channels": ["push"],
+        "variants": [{"variant_id": "a", "title": "A"}, {"variant_id": "b", "title": "B"}],
+        "window": {"start": "2026-10-24T00:00:00Z", "end": "2026-10-26T00:00:00Z"},
+        "holdout_fraction": 0.2,
+    }
+)
+
+
+def items(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(n)],
+            "timezone": rng.choice(["Europe/Berlin", "Asia/Tokyo"], n),
+            "push_opt_in": rng.random(n) < 0.9,
+        }
+    )
+    audience = Audience(users, rng.dirichlet(np.ones(24), n), rng.random((n, 2)) * 0.1, {"send-hour": "3"})
+    return plan(CAMPAIGN, audience, datetime(2026, 10, 24, tzinfo=UTC), seed=seed)
+
+
+def test_campaigns_round_trip(store: PlanStore) -> None:
+    store.save_campaign(CAMPAIGN)
+    assert store.get_campaign("autumn") == CAMPAIGN
+    renamed = CAMPAIGN.model_copy(update={"name": "Autumn sale"})
+    store.save_campaign(renamed)
+    assert store.get_campaign("autumn") == renamed
+    assert store.get_campaign("nope") is None
+
+
+def test_items_round_trip_paginate_and_filter(store: PlanStore) -> None:
+    store.save_campaign(CAMPAIGN)
+    planned = items()
+    assert store.save_items(planned) == len(planned)
+    counts = store.counts("autumn")
+    assert counts == planned["decision"].value_counts().to_dict()
+
+    seen, cursor = [], None
+    while True:
+        page = store.list_items("autumn", limit=64, after=cursor)
+        if not page:
+            break
+        seen += page
+        cursor = page[-1].plan_id
+    assert len(seen) == len(planned) and len({i.plan_id for i in seen}) == len(planned)
+    first = next(i for i in seen if i.decision == "send")
+    row = planned.set_index("plan_id").loc[first.plan_id]
+    assert first.send_at == row["send_at"] and first.variant_id == row["variant_id"]
+    assert first.model_versions == {"send-hour": "3"}
+
+    holdouts = store.list_items("autumn", decision="holdout", limit=1000)
+    assert {i.reason for i in holdouts} == {"holdout"} and len(holdouts) == counts.get("holdout", 0)
+    opted_out = store.list_items("autumn", reason="opted_out", limit=1000)
+    assert all(i.decision == "skip" for i in opted_out)
+
+
+def test_replanning_never_rewrites_an_item_dispatch_has(store: PlanStore) -> None:
+    store.save_campaign(CAMPAIGN)
+    store.save_items(items(seed=0))
+    first_send = store.list_items("autumn", decision="send", limit=1)[0]
+    with store.session() as session:
+        from dispatch.plan_store import PlanItemRow
+
+        session.get(PlanItemRow, first_send.plan_id).state = "sent"
+    replanned = items(seed=5)  # other exploration draws: some items change
+    written = store.save_items(replanned)
+    assert written == len(replanned) - 1
+    kept = next(i for i in store.list_items("autumn", limit=1000) if i.plan_id == first_send.plan_id)
+    assert kept.state == "sent" and kept.send_at == first_send.send_at
+    assert sum(store.counts("autumn").values()) == len(replanned)
+
+
+def test_the_migrations_build_what_the_models_describe(store: PlanStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from dispatch.plan_store import Base
+
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
