@@ -313,6 +313,22 @@ def training_set(
     return _finish(store, settings, service, rows, stored)
 
 
+PROFILE_COLUMNS = ("timezone", "push_opt_in", "sms_opt_in", "email_opt_in")
+
+
+def profiles(store: FeatureStore, settings: Settings, user_ids: list[str]) -> pd.DataFrame:
+    """Time zone and opt-ins of many users in one online read (cold start: defaults, not opted in)."""
+    refs = [f"{definitions.user_profile_fv.name}:{name}" for name in PROFILE_COLUMNS]
+    stored = store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in user_ids]).to_df()
+    frame = pd.concat(
+        [pd.DataFrame({"user_id": user_ids}), _fill(stored.drop(columns=["user_id"]), settings)], axis=1
+    )
+    frame["timezone"] = frame["timezone"].fillna(settings.default_timezone)
+    for column in PROFILE_COLUMNS[1:]:
+        frame[column] = frame[column].fillna(False).astype(bool)
+    return frame
+
+
 def push_events(store: FeatureStore, settings: Settings, events: pd.DataFrame) -> int:
     """Fold push_sent and push_clicked events into the online fatigue features; returns users updated.
 

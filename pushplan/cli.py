@@ -6,7 +6,7 @@ import json
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -356,6 +356,69 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         aliases = ", ".join(f"{a}→v{v}" for a, v in m.aliases.items())
         table.add_row(m.name, str(len(m.versions)), aliases, m.headline_metric or "", champion)
     out.print(table)
+
+
+@app.command("plan")
+def plan_command(
+    campaign_file: Annotated[Path, typer.Argument(help="The campaign, as JSON (the Campaign contract).")],
+    users_file: Annotated[Path, typer.Option("--users", help="CSV or parquet with a user_id column.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the plan items (parquet).")],
+    now: Annotated[str | None, typer.Option(help="Plan as of this instant (ISO 8601; default: now).")] = None,
+    seed: Annotated[int, typer.Option(help="Exploration seed; the same seed gives the same plan.")] = 0,
+) -> None:
+    """Plan a whole audience offline: features read in bulk, models applied to arrays, items to parquet."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+    from pydantic import ValidationError
+
+    from features.store import feature_store
+    from pushplan.domain import Campaign
+    from serving.audience import build_audience
+    from serving.models import ModelSet
+    from serving.planner import plan
+
+    settings = get_settings()
+    try:
+        campaign = Campaign.model_validate_json(campaign_file.read_text())
+    except (OSError, ValidationError) as exc:
+        err.print(f"[red]bad campaign[/] {campaign_file}: {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
+    users = (
+        pd.read_parquet(users_file) if users_file.suffix == ".parquet" else pd.read_csv(users_file, dtype=str)
+    )
+    if "user_id" not in users:
+        err.print(f"[red]{users_file}[/]: no user_id column", highlight=False)
+        raise typer.Exit(code=2)
+    moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
+    if moment.tzinfo is None:
+        raise typer.BadParameter("give a UTC offset, e.g. 2026-11-01T00:00:00Z", param_hint="--now")
+    ids = users["user_id"].astype(str).drop_duplicates().tolist()
+    models = ModelSet.load(settings)
+    audience = build_audience(feature_store(settings), settings, models, campaign, ids, moment)
+    items = plan(campaign, audience, moment, seed=seed)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    items.assign(model_versions=items["model_versions"].map(json.dumps)).to_parquet(out_file, index=False)
+    _print_plan_summary(items, out_file)
+
+
+def _print_plan_summary(items: Any, out_file: Path) -> None:
+    decisions = items["decision"].value_counts()
+    table = Table(title=f"plan: {len(items):,} users → {out_file}", show_header=False)
+    for decision in ("send", "holdout", "skip"):
+        table.add_row(decision, f"{int(decisions.get(decision, 0)):,}")
+    for reason, count in items.loc[items["decision"] == "skip", "reason"].value_counts().items():
+        table.add_row(f"  skipped: {reason}", f"{count:,}")
+    sends = items[items["decision"] == "send"]
+    for variant, share in sends["variant_id"].value_counts(normalize=True).sort_index().items():
+        table.add_row(f"  variant {variant}", f"{share:.0%}")
+    out.print(table)
+    if not sends.empty:
+        hours = sends["local_send_at"].str.slice(11, 13).astype(int).value_counts().sort_index()
+        top = hours.max()
+        out.print("local send hour")
+        for hour, count in hours.items():
+            out.print(f"  {hour:02d}:00 {'█' * max(1, round(40 * count / top))} {count:,}", highlight=False)
 
 
 @app.command()

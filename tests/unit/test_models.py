@@ -90,16 +90,6 @@ def test_a_new_version_becomes_champion_only_when_it_wins(
     )
 
 
-def test_tuning_reuses_the_training_function(
-    trained: tuple[Settings, FeatureStore, dict[str, TrainResult]],
-) -> None:
-    settings, _, _ = trained
-    tuned = train(SEND_HOUR, settings, eval_days=EVAL_DAYS, trials=2)
-    run = configure(settings).get_run(tuned.run_id)
-    assert run.data.params["tuning_trials"] == "2"
-    assert 0 < tuned.value <= 1
-
-
 def test_invariance_the_user_id_does_not_change_a_prediction(
     trained: tuple[Settings, FeatureStore, dict[str, TrainResult]], hour_rows: pd.DataFrame
 ) -> None:
@@ -192,3 +182,72 @@ def test_evaluate_reports_the_oracle_share_and_its_split(
     assert set(result["click"]) >= {"auc", "log_loss", "ece", "slices"}
     assert set(result["variant"]) >= {"ips_model", "snips_model", "ips_random", "snips_random"}
     json.dumps(result, default=float)  # the CLI prints it as JSON
+
+
+def test_serving_loads_champions_reloads_when_the_alias_moves_and_plans(
+    trained: tuple[Settings, FeatureStore, dict[str, TrainResult]], sim_dir: Path
+) -> None:
+    from datetime import timedelta
+
+    from pushplan.domain import Campaign
+    from serving.audience import build_audience
+    from serving.models import ModelSet
+    from serving.planner import plan
+
+    settings, store, _ = trained
+    models = ModelSet.load(settings)
+    assert not models.missing and set(models.versions) == set(SPECS)
+    promoted = train(CLICK, settings, eval_days=EVAL_DAYS, promote=True)
+    assert models.refresh() == ["click"] and models.versions["click"] == str(promoted.version)
+    assert models.refresh() == []
+
+    _, last = snapshot_span(settings)
+    campaign = Campaign.model_validate(
+        {
+            "campaign_id": "test-plan",
+            "name": "test",
+            "channels": ["push"],
+            "variants": [
+                {"variant_id": "x", "title": "Save 30% today only", "tags": ["discount", "urgency"]},
+                {"variant_id": "y", "title": "Any news for you?", "tags": ["question", "news"]},
+            ],
+            "window": {"start": last.isoformat(), "end": (last + timedelta(days=1)).isoformat()},
+            "holdout_fraction": 0.1,
+        }
+    )
+    users = [*pd.read_parquet(sim_dir / "users.parquet")["user_id"].head(300), "brand-new-user"]
+    audience = build_audience(store, settings, models, campaign, users, last)
+    items = plan(campaign, audience, last)
+    assert len(items) == len(users)
+    assert (
+        items.loc[items["user_id"] == "brand-new-user", "reason"].item() == "opted_out"
+    )  # unknown: not opted in
+    assert items["model_versions"].iloc[0] == models.versions
+    greedy = items[(items["decision"] == "send") & items["reason"].isna()]
+    best = np.array(["x", "y"])[audience.variant_scores.argmax(axis=1)]
+    assert len(greedy) > 100 and (greedy["variant_id"].to_numpy() == best[greedy.index]).all()
+
+
+def test_without_models_serving_plans_with_heuristics(tmp_path: Path, sim_dir: Path) -> None:
+    from serving.models import HEURISTIC, ModelSet
+
+    settings = Settings(data_dir=tmp_path / "no-models")
+    store = built_store(settings, sim_dir)
+    models = ModelSet.load(settings)
+    assert models.missing == list(SPECS) and set(models.versions.values()) == {HEURISTIC}
+    from features.store import online_features
+
+    features = online_features(store, settings, "send_hour_v1", ["u0000001", "nobody"])
+    scores = models.hour_scores(features)
+    assert scores.shape == (2, 24) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-4)
+
+
+# Last: a tuned version may become champion, and the behaviour tests above are about the first.
+def test_tuning_reuses_the_training_function(
+    trained: tuple[Settings, FeatureStore, dict[str, TrainResult]],
+) -> None:
+    settings, _, _ = trained
+    tuned = train(SEND_HOUR, settings, eval_days=EVAL_DAYS, trials=2)
+    run = configure(settings).get_run(tuned.run_id)
+    assert run.data.params["tuning_trials"] == "2"
+    assert 0 < tuned.value <= 1
