@@ -66,6 +66,16 @@ class PlanItemRow(Base):
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64))
+    role: Mapped[str] = mapped_column(sa.String(20))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(sa.Boolean)
+
+
 def database_url(settings: Settings) -> str:
     if settings.profile is Profile.production:
         assert settings.database_url
@@ -119,7 +129,7 @@ class PlanStore:
         """Insert new items, replace REPLANNABLE ones of the same (campaign, user); returns rows written."""
         if items.empty:
             return 0
-        records = [PlanItem.model_validate(_clean(r)).model_dump() for r in items.to_dict("records")]
+        records = [PlanItem.model_validate(missing_to_none(r)).model_dump() for r in items.to_dict("records")]
         now = datetime.now(UTC)
         written = 0
         with self.session() as session:
@@ -186,7 +196,7 @@ def _column_value(value: Any) -> Any:
     return value
 
 
-def _clean(record: dict[str, Any]) -> dict[str, Any]:
+def missing_to_none(record: dict[str, Any]) -> dict[str, Any]:
     """Missing values from a frame (NaN, NaT) become None for the contract."""
     return {k: (None if not isinstance(v, dict | list) and pd.isna(v) else v) for k, v in record.items()}
 

@@ -421,6 +421,40 @@ def _print_plan_summary(items: Any, out_file: Path) -> None:
             out.print(f"  {hour:02d}:00 {'█' * max(1, round(40 * count / top))} {count:,}", highlight=False)
 
 
+keys_app = typer.Typer(help="API keys for the HTTP service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+class KeyRole(StrEnum):
+    campaign = "campaign"
+    operator = "operator"
+    admin = "admin"
+
+
+@keys_app.command("create")
+def keys_create(role: Annotated[KeyRole, typer.Option(help="campaign, operator or admin.")]) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from dispatch.plan_store import PlanStore, migrate
+    from serving.keys import Role, create_key
+
+    settings = get_settings()
+    migrate(settings)
+    typer.echo(create_key(PlanStore(settings), Role(role.value)))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the HTTP service (FastAPI under uvicorn); API docs at /docs."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+
+
 @app.command()
 def check() -> None:
     """Check that the active profile's services (data dir; Redis and PostgreSQL in production) answer."""

@@ -4,6 +4,7 @@ and replaced by population heuristics when a model is missing (said in `versions
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ class ModelSet:
     settings: Settings
     models: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    checked_at: float = 0.0
 
     @classmethod
     def load(cls, settings: Settings) -> ModelSet:
@@ -39,6 +41,7 @@ class ModelSet:
         import mlflow
 
         client = configure(self.settings)
+        self.checked_at = time.monotonic()
         changed = []
         for name, spec in SPECS.items():
             current = champion_version(client, spec.registered_name)
@@ -53,6 +56,12 @@ class ModelSet:
             self.versions[name] = version
             changed.append(name)
         return changed
+
+    def refresh_if_stale(self, every_s: float = 60.0) -> None:
+        """Look at the registry at most every `every_s` seconds (a request must not wait on it each time)."""
+        now = time.monotonic()
+        if now - self.checked_at >= every_s:
+            self.refresh()
 
     @property
     def missing(self) -> list[str]:

@@ -1,0 +1,55 @@
+"""The FastAPI application: builds the app, its state and its routers; nothing else happens here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+
+from dispatch.plan_store import PlanStore, migrate
+from pushplan.settings import Settings, get_settings
+from serving.models import ModelSet
+from serving.routes import campaigns, events, health, plans
+
+MAX_BODY_BYTES = 8 << 20
+REQUESTS = Counter("pushplan_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("pushplan_http_request_seconds", "HTTP request latency", ["route"])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        chosen = settings or get_settings()
+        migrate(chosen)
+        app.state.settings = chosen
+        app.state.plan_store = PlanStore(chosen)
+        app.state.models = ModelSet.load(chosen)
+        yield
+        app.state.plan_store.engine.dispose()
+
+    app = FastAPI(
+        title="pushplan",
+        version="0.1.0",
+        summary="Personalised push plans: who gets which variant, when, on which channel, or why not.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def limit_and_measure(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        route = request.scope.get("route")
+        with LATENCY.labels(getattr(route, "path", request.url.path)).time():
+            response = await call_next(request)
+        route = request.scope.get("route")
+        REQUESTS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    for router in (health.router, campaigns.router, plans.router, events.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,1 @@
+"""One router module per resource, collected by serving.app."""

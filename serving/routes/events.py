@@ -1,0 +1,53 @@
+"""Events back from campaign systems: validated like `events import`, stored whole or not at all."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, Field
+
+from features.event_store import EventStore, ImportRefused
+from features.store import feature_store, push_events
+from serving.deps import CampaignRole
+
+router = APIRouter(tags=["events"])
+
+
+class EventsBatch(BaseModel):
+    events: list[dict[str, Any]] = Field(
+        min_length=1, max_length=50_000, description="Rows of the events contract."
+    )
+
+
+class EventsAccepted(BaseModel):
+    received: int
+    stored: int
+    already_stored: int
+
+
+@router.post("/v1/events", response_model=EventsAccepted)
+def post_events(body: EventsBatch, request: Request, _: CampaignRole) -> EventsAccepted:
+    """Store a batch of events (idempotent on event_id) and fold sends and clicks into online fatigue."""
+    settings = request.app.state.settings
+    frame = pd.DataFrame(body.events).astype(object).where(lambda f: f.notna(), None)
+    # The same path as a file import, so the same validation, messages and whole-or-nothing rule.
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "events.parquet"
+        frame.astype({c: "string" for c in frame.columns}).to_parquet(path, index=False)
+        try:
+            result = EventStore(settings).import_file(path)
+        except ImportRefused as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY, exc.detail.replace(str(path), "events")
+            ) from None
+    if {"event_type", "user_id", "timestamp"} <= set(frame.columns):
+        push_events(
+            feature_store(settings),
+            settings,
+            frame.assign(timestamp=pd.to_datetime(frame["timestamp"], utc=True)),
+        )
+    return EventsAccepted(received=result.rows, stored=result.stored, already_stored=result.already_stored)

@@ -1,0 +1,93 @@
+"""Plans: a synchronous plan for listed users, and the stored items of a campaign."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import AwareDatetime, BaseModel, Field
+
+from dispatch.plan_store import missing_to_none
+from features.store import feature_store
+from pushplan.domain import Decision, PlanItem, Reason
+from serving.audience import build_audience
+from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole
+from serving.planner import plan
+
+router = APIRouter(tags=["plans"])
+MAX_USERS = 10_000
+
+
+class PlanRequest(BaseModel):
+    campaign_id: str = Field(min_length=1)
+    user_ids: list[str] = Field(min_length=1, max_length=MAX_USERS)
+    dry_run: bool = Field(default=False, description="Plan and return the items, store nothing.")
+    now: AwareDatetime | None = Field(default=None, description="Plan as of this instant (default: now).")
+    seed: int = 0
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"campaign_id": "black-friday", "user_ids": ["u0000042"], "dry_run": True}]
+        }
+    }
+
+
+class PlanResponse(BaseModel):
+    campaign_id: str
+    items: list[PlanItem]
+    counts: dict[str, int]
+    model_versions: dict[str, str]
+
+
+class ItemsPage(BaseModel):
+    items: list[PlanItem]
+    next_after: str | None = Field(description="Pass as `after` for the next page; null on the last.")
+
+
+@router.post("/v1/plans", response_model=PlanResponse)
+def create_plan(
+    body: PlanRequest, request: Request, store: PlanStoreDep, models: ModelsDep, _: CampaignRole
+) -> PlanResponse:
+    """Plan the listed users (up to 10,000): which variant, when, on which channel, or why not."""
+    campaign = store.get_campaign(body.campaign_id)
+    if campaign is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {body.campaign_id!r}")
+    models.refresh_if_stale()
+    settings = request.app.state.settings
+    now = body.now or datetime.now(UTC)
+    user_ids = list(dict.fromkeys(body.user_ids))
+    audience = build_audience(feature_store(settings), settings, models, campaign, user_ids, now)
+    items = plan(campaign, audience, now, seed=body.seed)
+    if not body.dry_run:
+        store.save_items(items)
+    records = [PlanItem.model_validate(missing_to_none(r)) for r in items.to_dict("records")]
+    return PlanResponse(
+        campaign_id=campaign.campaign_id,
+        items=records,
+        counts={k: int(v) for k, v in items["decision"].value_counts().items()},
+        model_versions=dict(models.versions),
+    )
+
+
+@router.get("/v1/campaigns/{campaign_id}/plan-items", response_model=ItemsPage)
+def list_plan_items(
+    campaign_id: str,
+    store: PlanStoreDep,
+    _: ReaderRole,
+    decision: Decision | None = None,
+    reason: Reason | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: str | None = None,
+) -> ItemsPage:
+    """The campaign's stored items in plan_id order, a page at a time."""
+    if store.get_campaign(campaign_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    items = store.list_items(
+        campaign_id,
+        decision=decision.value if decision else None,
+        reason=reason.value if reason else None,
+        limit=limit,
+        after=after,
+    )
+    return ItemsPage(items=items, next_after=items[-1].plan_id if len(items) == limit else None)

@@ -1,0 +1,176 @@
+"""The HTTP service through httpx: every route, the auth matrix, validation and size limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dispatch.plan_store import PlanStore, migrate
+from features.event_store import EventStore
+from pushplan.settings import Settings
+from serving.app import create_app
+from serving.keys import Role, create_key
+from tests.features_setup import built_store
+
+pytestmark = pytest.mark.slow
+
+CAMPAIGN = {
+    "campaign_id": "bf",
+    "name": "Black Friday",
+    "channels": ["push"],
+    "variants": [
+        {"variant_id": "a", "title": "Save 30% today", "tags": ["discount", "urgency"]},
+        {"variant_id": "b", "title": "What's new?", "tags": ["question", "news"]},
+    ],
+    "window": {"start": "2026-10-06T00:00:00Z", "end": "2026-10-08T00:00:00Z"},
+    "holdout_fraction": 0.2,
+}
+NOW = "2026-10-06T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, sim_dir: Path
+) -> Iterator[tuple[TestClient, dict[Role, str], Settings]]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("api"))
+    built_store(settings, sim_dir)
+    migrate(settings)
+    keys = {role: create_key(PlanStore(settings), role) for role in Role}
+    with TestClient(create_app(settings)) as client:
+        yield client, keys, settings
+
+
+def test_health_readiness_and_metrics(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
+    client, _, _ = served
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and set(ready["heuristics"]) == {"click", "send-hour", "variant"}
+    client.get("/healthz")
+    assert "pushplan_http_requests_total" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("post", "/v1/campaigns", {Role.campaign, Role.admin}),
+        ("get", "/v1/campaigns/bf", {Role.campaign, Role.operator, Role.admin}),
+        ("post", "/v1/plans", {Role.campaign, Role.admin}),
+        ("get", "/v1/campaigns/bf/plan-items", {Role.campaign, Role.operator, Role.admin}),
+        ("post", "/v1/events", {Role.campaign, Role.admin}),
+    ],
+)
+def test_auth_matrix(
+    served: tuple[TestClient, dict[Role, str], Settings], method: str, path: str, allowed: set[Role]
+) -> None:
+    client, keys, _ = served
+    body = {
+        "/v1/campaigns": CAMPAIGN,
+        "/v1/plans": {"campaign_id": "bf", "user_ids": ["u0000001"], "dry_run": True, "now": NOW},
+        "/v1/events": {
+            "events": [{"event_id": "auth-1", "user_id": "u1", "event_type": "app_open", "timestamp": NOW}]
+        },
+    }.get(path)
+    client.post("/v1/campaigns", json=CAMPAIGN, headers={"X-API-Key": keys[Role.admin]})
+    call = getattr(client, method)
+    kwargs = {"json": body} if body is not None else {}
+    assert call(path, **kwargs).status_code == 401
+    assert call(path, headers={"X-API-Key": "pp_nope_nope"}, **kwargs).status_code == 401
+    for role, key in keys.items():
+        status = call(path, headers={"X-API-Key": key}, **kwargs).status_code
+        assert (status < 400) == (role in allowed), (role, status)
+        if role not in allowed:
+            assert status == 403
+
+
+def test_campaigns_plans_and_items(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
+    client, keys, _settings = served
+    headers = {"X-API-Key": keys[Role.campaign]}
+    assert client.post("/v1/campaigns", json=CAMPAIGN, headers=headers).status_code == 201
+    assert client.get("/v1/campaigns/bf", headers=headers).json()["name"] == "Black Friday"
+    assert client.get("/v1/campaigns/none", headers=headers).status_code == 404
+
+    users = [f"u{i:07d}" for i in range(300)]
+    dry = client.post(
+        "/v1/plans",
+        json={"campaign_id": "bf", "user_ids": users, "dry_run": True, "now": NOW},
+        headers=headers,
+    )
+    assert dry.status_code == 200
+    assert len(dry.json()["items"]) == 300
+    assert client.get("/v1/campaigns/bf/plan-items", headers=headers).json()["items"] == []
+
+    stored = client.post(
+        "/v1/plans", json={"campaign_id": "bf", "user_ids": users, "now": NOW}, headers=headers
+    ).json()
+    assert stored["model_versions"] == {
+        "click": "heuristic",
+        "send-hour": "heuristic",
+        "variant": "heuristic",
+    }
+    assert sum(stored["counts"].values()) == 300
+    pages, after = [], None
+    while True:
+        params = {"limit": 128} | ({"after": after} if after else {})
+        page = client.get("/v1/campaigns/bf/plan-items", params=params, headers=headers).json()
+        pages += page["items"]
+        after = page["next_after"]
+        if after is None:
+            break
+    assert len(pages) == 300
+    holdouts = client.get(
+        "/v1/campaigns/bf/plan-items", params={"decision": "holdout", "limit": 1000}, headers=headers
+    ).json()
+    assert len(holdouts["items"]) == stored["counts"].get("holdout", 0)
+    assert (
+        client.get("/v1/campaigns/bf/plan-items", params={"decision": "maybe"}, headers=headers).status_code
+        == 422
+    )
+
+
+def test_invalid_input_is_422_naming_the_field(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
+    client, keys, _ = served
+    headers = {"X-API-Key": keys[Role.campaign]}
+    bad = {**CAMPAIGN, "holdout_fraction": 2}
+    response = client.post("/v1/campaigns", json=bad, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "holdout_fraction"
+    too_many = {"campaign_id": "bf", "user_ids": [f"u{i}" for i in range(10_001)]}
+    assert client.post("/v1/plans", json=too_many, headers=headers).status_code == 422
+
+
+def test_events_are_validated_and_stored_whole(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
+    client, keys, settings = served
+    headers = {"X-API-Key": keys[Role.campaign]}
+    before = EventStore(settings).stats().events
+    good = [
+        {
+            "event_id": "api-1",
+            "user_id": "u0000001",
+            "event_type": "push_sent",
+            "timestamp": NOW,
+            "channel": "push",
+        },
+        {"event_id": "api-2", "user_id": "u0000001", "event_type": "push_clicked", "timestamp": NOW},
+    ]
+    accepted = client.post("/v1/events", json={"events": good}, headers=headers).json()
+    assert accepted == {"received": 2, "stored": 2, "already_stored": 0}
+    assert client.post("/v1/events", json={"events": good}, headers=headers).json()["stored"] == 0
+    bad = [*good, {"event_id": "api-3", "user_id": "u2", "event_type": "teleported", "timestamp": NOW}]
+    refused = client.post("/v1/events", json={"events": bad}, headers=headers)
+    assert refused.status_code == 422
+    assert "row 3, column 'event_type'" in refused.json()["detail"]
+    assert EventStore(settings).stats().events == before + 2
+
+
+def test_a_body_past_the_limit_is_413(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
+    client, keys, _ = served
+    huge = b"x" * (9 << 20)
+    response = client.post(
+        "/v1/events",
+        content=huge,
+        headers={"X-API-Key": keys[Role.campaign], "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
