@@ -22,7 +22,7 @@ from alembic.config import Config
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pushplan.domain import Campaign, ItemState, PlanItem
-from pushplan.settings import Profile, Settings
+from pushplan.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # States a new plan may overwrite: not yet handed to dispatch. Queued, sent, failed and cancelled
@@ -77,10 +77,7 @@ class ApiKeyRow(Base):
 
 
 def database_url(settings: Settings) -> str:
-    if settings.profile is Profile.production:
-        assert settings.database_url
-        return settings.database_url
-    return f"sqlite:///{(settings.data_dir / 'plans.db').resolve()}"
+    return settings.sql_url("plans.db")
 
 
 def migrate(settings: Settings) -> None:

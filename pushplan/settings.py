@@ -114,6 +114,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"the production profile needs {' and '.join(missing)} to be set")
         return self
 
+    def sql_url(self, local_file: str) -> str:
+        """Where a SQL store lives: PostgreSQL in production, a SQLite file under the data dir locally."""
+        if self.profile is Profile.production:
+            assert self.database_url  # the production validator guarantees it
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / local_file).resolve()}"
+
     @property
     def feast_dir(self) -> Path:
         """Feast's registry, the local online store and the feature tables it reads offline."""

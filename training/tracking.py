@@ -10,17 +10,14 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pushplan.settings import Profile, Settings
+from pushplan.settings import Settings
 
 EXPERIMENT = "pushplan"
 CHAMPION = "champion"
 
 
 def tracking_uri(settings: Settings) -> str:
-    if settings.profile is Profile.production:
-        assert settings.database_url
-        return settings.database_url
-    return f"sqlite:///{(settings.data_dir / 'mlflow.db').resolve()}"
+    return settings.sql_url("mlflow.db")
 
 
 def configure(settings: Settings) -> MlflowClient:
