@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,20 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from pushplan.domain import Campaign, ItemState, PlanItem
+from pushplan.caps import HELD_COLUMNS, item_value
+from pushplan.domain import Campaign, Decision, ItemState, PlanItem, Reason
 from pushplan.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # States a new plan may overwrite: not yet handed to dispatch. Queued, sent, failed and cancelled
 # items are dispatch's record of what happened and are never rewritten by planning.
 REPLANNABLE = {ItemState.planned.value, ItemState.suppressed.value}
+# States whose sends count against a user's caps: still to go, on their way, or gone.
+HOLDING = (ItemState.planned.value, ItemState.queued.value, ItemState.sent.value)
+# A plan in a window needs the holdings a week either side of it: the widest cap is 7 days.
+HOLDING_MARGIN = timedelta(days=7)
+# Past this many users, held sends are read by time range and filtered here, not by an IN list.
+USER_FILTER_LIMIT = 10_000
 
 
 class Base(DeclarativeBase):
@@ -122,14 +129,31 @@ class PlanStore:
             row = session.get(CampaignRow, campaign_id)
             return Campaign.model_validate(row.spec) if row else None
 
-    def save_items(self, items: pd.DataFrame) -> int:
-        """Insert new items, replace REPLANNABLE ones of the same (campaign, user); returns rows written."""
-        if items.empty:
+    def save_items(self, items: pd.DataFrame, displaced: list[str] | None = None) -> int:
+        """Insert new items, replace REPLANNABLE ones of the same (campaign, user); returns rows written.
+
+        `displaced` are other campaigns' items a higher-value send took the place of: in the same
+        transaction they become `skip` / `capped`, if they are still only planned.
+        """
+        if items.empty and not displaced:
             return 0
         records = [PlanItem.model_validate(missing_to_none(r)).model_dump() for r in items.to_dict("records")]
         now = datetime.now(UTC)
         written = 0
         with self.session() as session:
+            if displaced:
+                session.execute(
+                    sa.update(PlanItemRow)
+                    .where(PlanItemRow.plan_id.in_(displaced), PlanItemRow.state == ItemState.planned.value)
+                    .values(
+                        decision=Decision.skip.value,
+                        reason=Reason.capped.value,
+                        state=ItemState.suppressed.value,
+                        updated_at=now,
+                    )
+                )
+            if not records:
+                return 0
             existing = {
                 (row.campaign_id, row.user_id): row
                 for row in session.scalars(
@@ -173,6 +197,67 @@ class PlanStore:
         with self.session() as session:
             rows = session.scalars(query.order_by(PlanItemRow.plan_id).limit(limit)).all()
             return [PlanItem.model_validate(_from_row(row)) for row in rows]
+
+    def held_sends(self, campaign: Campaign, user_ids: list[str] | None = None) -> pd.DataFrame:
+        """Other campaigns' sends that count against caps near `campaign`'s window (HELD_COLUMNS).
+
+        `priority` and `value` say what each is worth (serving.planner.item_value); `movable` is
+        whether planning may still displace it (only `planned` items: queued ones are dispatch's).
+        """
+        query = (
+            sa.select(
+                PlanItemRow.plan_id,
+                PlanItemRow.campaign_id,
+                PlanItemRow.user_id,
+                PlanItemRow.channel,
+                PlanItemRow.send_at,
+                PlanItemRow.p_click,
+                PlanItemRow.state,
+            )
+            .where(
+                PlanItemRow.campaign_id != campaign.campaign_id,
+                PlanItemRow.decision == Decision.send.value,
+                PlanItemRow.state.in_(HOLDING),
+                PlanItemRow.send_at >= campaign.window.start - HOLDING_MARGIN,
+                PlanItemRow.send_at < campaign.window.end + HOLDING_MARGIN,
+            )
+            .order_by(PlanItemRow.plan_id)
+        )
+        small = user_ids is not None and len(user_ids) <= USER_FILTER_LIMIT
+        if small:
+            query = query.where(PlanItemRow.user_id.in_(user_ids or []))
+        with self.session() as session:
+            rows = session.execute(query).all()
+            held = pd.DataFrame(rows, columns=[*HELD_COLUMNS[:5], "p_click", "state"])
+            others = {
+                row.campaign_id: Campaign.model_validate(row.spec)
+                for row in session.scalars(
+                    sa.select(CampaignRow).where(CampaignRow.campaign_id.in_(set(held["campaign_id"])))
+                )
+            }
+        if user_ids is not None and not small:
+            held = held[held["user_id"].isin(set(user_ids))]
+        held["send_at"] = pd.to_datetime(held["send_at"], utc=True)  # SQLite keeps no zone; we store UTC
+        held["priority"] = [others[c].priority for c in held["campaign_id"]]
+        held["value"] = [
+            float(item_value(others[c], p)) for c, p in zip(held["campaign_id"], held["p_click"], strict=True)
+        ]
+        held["movable"] = held["state"] == ItemState.planned.value
+        return held[list(HELD_COLUMNS)].reset_index(drop=True)
+
+    def sends_kept(self, campaign_id: str, user_ids: list[str]) -> int:
+        """The campaign's sends a new plan for `user_ids` leaves standing: those of other users, and
+        those already queued or sent (never rewritten). They count toward its `campaign_total`."""
+        with self.session() as session:
+            rows = session.execute(
+                sa.select(PlanItemRow.user_id, PlanItemRow.state).where(
+                    PlanItemRow.campaign_id == campaign_id,
+                    PlanItemRow.decision == Decision.send.value,
+                    PlanItemRow.state.in_(HOLDING),
+                )
+            ).all()
+        listed = set(user_ids)
+        return sum(1 for user, state in rows if user not in listed or state not in REPLANNABLE)
 
     def counts(self, campaign_id: str) -> dict[str, int]:
         with self.session() as session:

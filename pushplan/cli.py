@@ -372,11 +372,13 @@ def plan_command(
     import pandas as pd
     from pydantic import ValidationError
 
+    from dispatch.plan_store import PlanStore, migrate
     from features.store import feature_store
+    from pushplan.caps import FrequencyCap
     from pushplan.domain import Campaign
     from serving.audience import build_audience
     from serving.models import ModelSet
-    from serving.planner import plan
+    from serving.planner import arbitrate_caps, plan
 
     settings = get_settings()
     try:
@@ -396,7 +398,22 @@ def plan_command(
     ids = users["user_id"].astype(str).drop_duplicates().tolist()
     models = ModelSet.load(settings)
     audience = build_audience(feature_store(settings), settings, models, campaign, ids, moment)
-    items = plan(campaign, audience, moment, seed=seed)
+    # Other campaigns' stored sends bind this plan's caps, as they do in the service.
+    migrate(settings)
+    store = PlanStore(settings)
+    cap = FrequencyCap.of(settings, campaign)
+    arbitrated = arbitrate_caps(
+        campaign,
+        plan(campaign, audience, moment, seed=seed),
+        audience,
+        moment,
+        cap,
+        store.held_sends(campaign, ids),
+        dispatched=store.sends_kept(campaign.campaign_id, ids) if cap.campaign_total is not None else 0,
+    )
+    items = arbitrated.items
+    if arbitrated.displaced:
+        out.print(f"would displace {len(arbitrated.displaced):,} weaker sends of other campaigns (caps)")
     out_file.parent.mkdir(parents=True, exist_ok=True)
     items.assign(model_versions=items["model_versions"].map(json.dumps)).to_parquet(out_file, index=False)
     _print_plan_summary(items, out_file)

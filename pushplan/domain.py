@@ -55,6 +55,7 @@ class Reason(StrEnum):
     low_value = "low_value"
     no_window = "no_window"
     exploration = "exploration"
+    deferred = "deferred"  # a send moved off its best slot so that it stays within the caps
 
 
 class ItemState(StrEnum):

@@ -50,6 +50,19 @@ class Settings(BaseSettings):
         description="Rows validated and staged at a time by `events import`; bounds its memory.",
     )
 
+    cap_per_channel_day: int = Field(
+        default=2, ge=0, description="Messages a user may get on one channel per local day."
+    )
+    cap_per_channel_week: int = Field(
+        default=6, ge=0, description="Messages a user may get on one channel in any 7 days."
+    )
+    cap_per_user_day: int = Field(
+        default=3, ge=0, description="Messages a user may get per local day, all channels together."
+    )
+    cap_min_gap_minutes: int = Field(
+        default=120, ge=0, description="Least time between two messages to the same user."
+    )
+
     feast_project: str = Field(
         default="pushplan",
         pattern=r"^[a-z][a-z0-9_]*$",

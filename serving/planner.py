@@ -12,6 +12,11 @@ For each user of an audience, in this order (DESIGN.md, "Decisions"):
 6. value: below `min_p_click`, skip with `low_value`.
 Holdout items carry the slot and variant they would have been sent, so uplift can be measured
 over the same windows. The same inputs and seed always give the same plan.
+
+`arbitrate_caps` then weighs the plan against what other campaigns already hold for the same
+users (DESIGN.md, "Decisions" 5): where a send would break a frequency cap, the higher-value item
+wins; a losing new send is deferred to its next-best slot inside the window or skipped `capped`,
+a losing held item is returned to be marked `capped` (re-planning its campaign may defer it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from pushplan.caps import FrequencyCap, item_value
 from pushplan.clock import smooth_hours, to_utc
 from pushplan.domain import Campaign, Channel, Decision, ItemState, Reason
 
@@ -194,3 +200,119 @@ def plan(
         ItemState.suppressed.value,
     ]
     return items
+
+
+@dataclass
+class Arbitration:
+    """A plan after the caps: its items, and other campaigns' held items it displaced."""
+
+    items: pd.DataFrame
+    displaced: list[str]
+
+
+def arbitrate_caps(
+    campaign: Campaign,
+    items: pd.DataFrame,
+    audience: Audience,
+    now: datetime,
+    cap: FrequencyCap,
+    held: pd.DataFrame | None = None,
+    *,
+    quiet: QuietHours | None = None,
+    dispatched: int = 0,
+) -> Arbitration:
+    """Keep a plan's sends within `cap`, given what other campaigns hold (`held`, pushplan.caps.HELD_COLUMNS).
+
+    For each send that would break a cap, in this order: it stays if displacing other campaigns'
+    movable (not yet queued) items of lower (priority, value) makes room, weakest first; else it
+    is deferred to its best admissible open slot in the window (reason `deferred`); else it is
+    skipped with reason `capped`. Then `campaign_total` keeps the most valuable sends, counting
+    the `dispatched` ones already queued or sent. Holdouts are untouched: they send nothing.
+    `items` must be `plan(campaign, audience, now, ...)`'s result, rows aligned with the audience.
+    """
+    quiet = quiet or QuietHours()
+    items = items.copy()
+    users = audience.users.reset_index(drop=True)
+    sends = items["decision"].to_numpy() == Decision.send.value
+    if not cap.allows_any:
+        _mark_capped(items, sends)
+        return Arbitration(items, [])
+    displaced: list[str] = []
+    if held is not None and not held.empty:
+        by_user = {str(user): frame for user, frame in held.groupby("user_id")}
+        hour_value = smooth_hours(np.asarray(audience.hour_scores, dtype=float))
+        values = item_value(campaign, items["p_click"].to_numpy())
+        open_slots: dict[str, pd.DataFrame] = {}
+        capped = np.zeros(len(items), dtype=bool)
+        for row in np.flatnonzero(sends & items["user_id"].isin(by_user).to_numpy()):
+            mine = by_user[items.at[row, "user_id"]]
+            mine = mine[~mine["plan_id"].isin(displaced)]
+            zone, channel = str(users.at[row, "timezone"]), str(items.at[row, "channel"])
+            at = items.at[row, "send_at"]
+            pairs = list(zip(mine["send_at"], mine["channel"], strict=True))
+            if cap.admits(pairs, at, channel, zone):
+                continue
+            priority, value = mine["priority"], mine["value"]
+            lower = (priority < campaign.priority) | ((priority == campaign.priority) & (value < values[row]))
+            weaker = mine[mine["movable"].astype(bool) & lower]
+            kept, dropped = mine, []
+            for plan_id in weaker.sort_values(["priority", "value", "plan_id"])["plan_id"]:
+                kept = kept[kept["plan_id"] != plan_id]
+                dropped.append(plan_id)
+                if cap.admits(zip(kept["send_at"], kept["channel"], strict=True), at, channel, zone):
+                    displaced += dropped
+                    break
+            else:
+                if zone not in open_slots:
+                    slots = local_slots(campaign, zone, now, quiet)
+                    open_slots[zone] = slots[~slots["quiet"]]
+                moved = _best_admissible_slot(open_slots[zone], hour_value[row], pairs, cap, channel, zone)
+                if moved is None:
+                    capped[row] = True
+                else:
+                    items.at[row, "send_at"] = moved["send_at"]
+                    items.at[row, "local_send_at"] = moved["local"].isoformat()
+                    items.at[row, "reason"] = Reason.deferred.value
+        _mark_capped(items, capped)
+    if cap.campaign_total is not None:
+        _keep_most_valuable(items, campaign, max(0, cap.campaign_total - dispatched))
+    return Arbitration(items, displaced)
+
+
+def _best_admissible_slot(
+    slots: pd.DataFrame,
+    hour_value: np.ndarray,
+    held: list[tuple[pd.Timestamp, str]],
+    cap: FrequencyCap,
+    channel: str,
+    zone: str,
+) -> pd.Series | None:
+    """The open slot the user values most (earliest among equals) that the caps admit, if any."""
+    ranked = slots.assign(value=hour_value[slots["hour"].to_numpy()]).sort_values(
+        ["value", "send_at"], ascending=[False, True]
+    )
+    for _, slot in ranked.iterrows():
+        if cap.admits(held, slot["send_at"], channel, zone):
+            return slot
+    return None
+
+
+def _mark_capped(items: pd.DataFrame, rows: np.ndarray) -> None:
+    items.loc[rows, ["decision", "reason", "state"]] = [
+        Decision.skip.value,
+        Reason.capped.value,
+        ItemState.suppressed.value,
+    ]
+
+
+def _keep_most_valuable(items: pd.DataFrame, campaign: Campaign, capacity: int) -> None:
+    """Past the campaign's total, the least valuable sends are skipped `capped` (ties: by plan_id)."""
+    sends = items[items["decision"] == Decision.send.value]
+    if len(sends) <= capacity:
+        return
+    ranked = sends.assign(value=item_value(campaign, sends["p_click"].to_numpy())).sort_values(
+        ["value", "plan_id"], ascending=[False, True]
+    )
+    over = np.zeros(len(items), dtype=bool)
+    over[items.index.get_indexer(ranked.index[capacity:])] = True
+    _mark_capped(items, over)

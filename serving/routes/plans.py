@@ -10,10 +10,11 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from dispatch.plan_store import missing_to_none
 from features.store import feature_store
+from pushplan.caps import FrequencyCap
 from pushplan.domain import Decision, PlanItem, Reason
 from serving.audience import build_audience
 from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole
-from serving.planner import plan
+from serving.planner import arbitrate_caps, plan
 
 router = APIRouter(tags=["plans"])
 MAX_USERS = 10_000
@@ -38,6 +39,11 @@ class PlanResponse(BaseModel):
     items: list[PlanItem]
     counts: dict[str, int]
     model_versions: dict[str, str]
+    displaced: list[str] = Field(
+        default_factory=list,
+        description="Other campaigns' planned items this plan's higher-value sends displaced under the "
+        "frequency caps; stored as skip / capped unless dry_run.",
+    )
 
 
 class ItemsPage(BaseModel):
@@ -58,15 +64,26 @@ def create_plan(
     now = body.now or datetime.now(UTC)
     user_ids = list(dict.fromkeys(body.user_ids))
     audience = build_audience(feature_store(settings), settings, models, campaign, user_ids, now)
-    items = plan(campaign, audience, now, seed=body.seed)
+    cap = FrequencyCap.of(settings, campaign)
+    arbitrated = arbitrate_caps(
+        campaign,
+        plan(campaign, audience, now, seed=body.seed),
+        audience,
+        now,
+        cap,
+        store.held_sends(campaign, user_ids),
+        dispatched=store.sends_kept(campaign.campaign_id, user_ids) if cap.campaign_total is not None else 0,
+    )
+    items = arbitrated.items
     if not body.dry_run:
-        store.save_items(items)
+        store.save_items(items, arbitrated.displaced)
     records = [PlanItem.model_validate(missing_to_none(r)) for r in items.to_dict("records")]
     return PlanResponse(
         campaign_id=campaign.campaign_id,
         items=records,
         counts={k: int(v) for k, v in items["decision"].value_counts().items()},
         model_versions=dict(models.versions),
+        displaced=arbitrated.displaced,
     )
 
 

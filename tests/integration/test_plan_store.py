@@ -131,3 +131,37 @@ def test_the_migrations_build_what_the_models_describe(store: PlanStore) -> None
 
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def test_held_sends_feed_the_caps_and_displaced_items_become_capped(store: PlanStore) -> None:
+    from dispatch.plan_store import PlanItemRow
+    from pushplan.caps import HELD_COLUMNS
+
+    store.save_campaign(CAMPAIGN)
+    rival = CAMPAIGN.model_copy(update={"campaign_id": "rival", "priority": 2})
+    store.save_campaign(rival)
+    planned = items()
+    store.save_items(planned)
+    sends = planned[planned["decision"] == "send"]
+    users = [f"u{i}" for i in range(200)]
+
+    held = store.held_sends(rival, users)
+    assert list(held.columns) == list(HELD_COLUMNS)
+    assert sorted(held["plan_id"]) == sorted(sends["plan_id"])
+    assert str(held["send_at"].dtype) == "datetime64[ns, UTC]"
+    assert set(held["send_at"]) == set(sends["send_at"])
+    assert held["movable"].all() and (held["priority"] == 0).all()
+    assert held["value"].tolist() == pytest.approx(sends.set_index("plan_id").loc[held["plan_id"], "p_click"])
+    assert store.held_sends(CAMPAIGN, users).empty  # a campaign does not hold against itself
+    assert len(store.held_sends(rival, users[:10])) == int(sends["user_id"].isin(users[:10]).sum())
+
+    queued, weak, *_ = held["plan_id"]
+    with store.session() as session:
+        session.get(PlanItemRow, queued).state = "queued"
+    assert not store.held_sends(rival, users).set_index("plan_id").at[queued, "movable"]
+    store.save_items(planned.iloc[:0], displaced=[queued, weak])
+    after = {i.plan_id: i for i in store.list_items("autumn", limit=1000)}
+    assert (after[weak].decision, after[weak].reason, after[weak].state) == ("skip", "capped", "suppressed")
+    assert after[queued].state == "queued" and after[queued].decision == "send"  # dispatch owns it
+    assert store.sends_kept("autumn", []) == len(sends) - 1
+    assert store.sends_kept("autumn", users) == 1  # only the queued one survives a re-plan of everyone
