@@ -25,6 +25,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -72,26 +73,47 @@ class Audience:
     model_versions: dict[str, str] = field(default_factory=dict)
 
 
-def holdout_draw(campaign_id: str, user_ids: pd.Series) -> np.ndarray:
+def holdout_draw(campaign_id: str, user_ids: pd.Series | np.ndarray) -> np.ndarray:
     """A uniform number in [0, 1) per user, fixed by (campaign, user): the same user stays in control."""
     digests = [hashlib.sha256(f"{campaign_id}\x1f{user}".encode()).digest()[:8] for user in user_ids]
     return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
 
 
+@dataclass(frozen=True)
+class WindowSlots:
+    """Every whole local hour of a window in one zone, in time order (one UTC instant each)."""
+
+    send_at: np.ndarray  # int64 nanoseconds since the epoch, UTC, ascending and unique
+    hour: np.ndarray  # the local hour of each instant
+    local_iso: np.ndarray  # each instant in the zone, ISO 8601 with its offset
+
+
+@lru_cache(maxsize=4096)
+def window_slots(start: pd.Timestamp, end: pd.Timestamp, zone: str) -> WindowSlots:
+    """The slots of [start, end) in `zone`; cached, since every request of a campaign asks again.
+
+    Across a daylight-saving change a repeated local hour is one slot (its first instance) and a
+    skipped one is none (pushplan.clock.to_utc).
+    """
+    local_start, local_end = start.tz_convert(zone), end.tz_convert(zone)
+    days = pd.date_range(
+        local_start.normalize().tz_localize(None), local_end.normalize().tz_localize(None), freq="D"
+    )
+    local = (days.values[:, None] + np.arange(24)[None, :].astype("timedelta64[h]")).ravel()
+    utc = to_utc(local, np.full(local.size, zone, dtype=object)).astype("int64")
+    utc = np.unique(utc[(utc >= start.value) & (utc < end.value)])
+    stamps = pd.DatetimeIndex(utc).tz_localize("UTC").tz_convert(zone)
+    return WindowSlots(utc, np.asarray(stamps.hour), np.array([t.isoformat() for t in stamps], dtype=object))
+
+
 def local_slots(campaign: Campaign, zone: str, now: datetime, quiet: QuietHours) -> pd.DataFrame:
     """Every whole local hour in the window, after `now`, with its UTC instant and whether it is quiet."""
-    start = max(pd.Timestamp(campaign.window.start), pd.Timestamp(now)).tz_convert(zone)
-    end = pd.Timestamp(campaign.window.end).tz_convert(zone)
-    days = pd.date_range(start.normalize().tz_localize(None), end.normalize().tz_localize(None), freq="D")
-    local = (days.values[:, None] + np.arange(24)[None, :].astype("timedelta64[h]")).ravel()
-    utc = pd.DatetimeIndex(to_utc(local, np.full(local.size, zone, dtype=object))).tz_localize("UTC")
-    slots = pd.DataFrame({"send_at": utc})
-    slots["local"] = slots["send_at"].dt.tz_convert(zone)
-    slots["hour"] = slots["local"].dt.hour
-    inside = (slots["send_at"] >= start.tz_convert("UTC")) & (slots["send_at"] < end.tz_convert("UTC"))
-    slots = slots[inside].drop_duplicates("send_at").sort_values("send_at", ignore_index=True)
-    slots["quiet"] = quiet.mask()[slots["hour"].to_numpy()]
-    return slots
+    slots = window_slots(pd.Timestamp(campaign.window.start), pd.Timestamp(campaign.window.end), zone)
+    later = slots.send_at >= pd.Timestamp(now).value
+    send_at = pd.DatetimeIndex(slots.send_at[later]).tz_localize("UTC")
+    frame = pd.DataFrame({"send_at": send_at, "local": send_at.tz_convert(zone), "hour": slots.hour[later]})
+    frame["quiet"] = quiet.mask()[frame["hour"].to_numpy()]
+    return frame
 
 
 def plan(
@@ -103,48 +125,37 @@ def plan(
     quiet: QuietHours | None = None,
     min_p_click: float = 0.0,
 ) -> pd.DataFrame:
-    """One plan item per user of the audience, as a frame with the PlanItem columns."""
+    """One plan item per user of the audience, as a frame with the PlanItem columns.
+
+    Vectorised over users: the columns are numpy arrays filled per time zone and assembled into a
+    frame once, so one user costs little more than a call and a million users a few seconds.
+    """
     quiet = quiet or QuietHours()
     users = audience.users.reset_index(drop=True)
     n, n_variants = len(users), len(campaign.variants)
     if audience.hour_scores.shape != (n, 24) or audience.variant_scores.shape != (n, n_variants):
         raise ValueError("scores must be (users × 24) and (users × the campaign's variants)")
-    items = pd.DataFrame(
-        {
-            "plan_id": [
-                str(uuid.uuid5(PLAN_NAMESPACE, f"{campaign.campaign_id}\x1f{u}")) for u in users["user_id"]
-            ],
-            "campaign_id": campaign.campaign_id,
-            "user_id": users["user_id"].astype(str),
-            "decision": Decision.skip.value,
-            "reason": None,
-            "channel": None,
-            "variant_id": None,
-            "send_at": pd.NaT,
-            "local_send_at": None,
-            "p_click": np.nan,
-            "expected_uplift": np.nan,
-            "propensity": np.nan,
-            "model_versions": [dict(audience.model_versions)] * n,
-            "state": ItemState.suppressed.value,
-        }
-    )
-    items["send_at"] = pd.to_datetime(items["send_at"], utc=True)
+    user_ids = users["user_id"].astype(str).to_numpy()
+    decision = np.full(n, Decision.skip.value, dtype=object)
+    reason = np.full(n, None, dtype=object)
+    state = np.full(n, ItemState.suppressed.value, dtype=object)
+    variant_id = np.full(n, None, dtype=object)
+    local_send_at = np.full(n, None, dtype=object)
+    send_at = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)  # NaT until timed
+    p_click = np.full(n, np.nan)
+    propensity = np.full(n, np.nan)
 
-    channel = pd.Series([None] * n, dtype=object)
+    channel = np.full(n, None, dtype=object)
     for option in reversed(campaign.channels):  # the first opted-in channel wins
         column = OPT_IN_OF_CHANNEL.get(option)
         reachable = (
-            users[column].fillna(False).astype(bool)
-            if column in users
-            else pd.Series(True, index=users.index)
+            users[column].fillna(False).astype(bool).to_numpy() if column in users else np.ones(n, dtype=bool)
         )
-        channel = channel.mask(reachable.to_numpy(), option.value)
-    eligible = channel.notna().to_numpy()
-    items.loc[~eligible, "reason"] = Reason.opted_out.value
-    items["channel"] = channel
+        channel[reachable] = option.value
+    eligible = channel != None  # noqa: E711 (elementwise on an object array)
+    reason[~eligible] = Reason.opted_out.value
 
-    in_control = eligible & (holdout_draw(campaign.campaign_id, users["user_id"]) < campaign.holdout_fraction)
+    in_control = eligible & (holdout_draw(campaign.campaign_id, user_ids) < campaign.holdout_fraction)
     rng = np.random.default_rng(
         [seed, int.from_bytes(hashlib.sha256(campaign.campaign_id.encode()).digest()[:4], "big")]
     )
@@ -153,22 +164,29 @@ def plan(
     random_variant = rng.integers(0, n_variants, n)
     greedy_variant = audience.variant_scores.argmax(axis=1)
     hour_value = smooth_hours(np.asarray(audience.hour_scores, dtype=float))
+    window_start, window_end = pd.Timestamp(campaign.window.start), pd.Timestamp(campaign.window.end)
+    not_before = max(window_start, pd.Timestamp(now)).value
+    quiet_mask = quiet.mask()
 
-    for zone, members in users.groupby(users["timezone"]).indices.items():
-        slots = local_slots(campaign, str(zone), now, quiet)
-        open_slots = slots[~slots["quiet"]]
-        rows = members[eligible[members]]
-        if slots.empty:
-            items.loc[rows, "reason"] = Reason.no_window.value
+    zone_codes, zones = pd.factorize(users["timezone"].astype(str), sort=True)
+    for code, zone in enumerate(zones):
+        rows = np.flatnonzero((zone_codes == code) & eligible)
+        if rows.size == 0:
             continue
-        if open_slots.empty:
-            items.loc[rows, "reason"] = Reason.quiet_hours.value
+        slots = window_slots(window_start, window_end, str(zone))
+        later = slots.send_at >= not_before
+        if not later.any():
+            reason[rows] = Reason.no_window.value
             continue
-        allowed = np.zeros(24, dtype=bool)
-        allowed[open_slots["hour"].unique()] = True
-        first_slot = open_slots.groupby("hour")["send_at"].min()
-        local_of = dict(zip(open_slots["send_at"], open_slots["local"], strict=True))
-        hours_allowed = np.flatnonzero(allowed)
+        open_ = later & ~quiet_mask[slots.hour]
+        if not open_.any():
+            reason[rows] = Reason.quiet_hours.value
+            continue
+        # The earliest open slot of each allowed local hour (slots are in time order).
+        hours_allowed, first = np.unique(slots.hour[open_], return_index=True)
+        slot_of_hour = np.full(24, -1)
+        slot_of_hour[hours_allowed] = np.flatnonzero(open_)[first]
+        allowed = slot_of_hour >= 0
         greedy_hour = np.where(allowed[None, :], hour_value[rows], -np.inf).argmax(axis=1)
         explored = explore_draw[rows] < campaign.exploration
         random_hour = hours_allowed[(random_hour_draw[rows] * hours_allowed.size).astype(int)]
@@ -176,30 +194,47 @@ def plan(
         variant = np.where(explored, random_variant[rows], greedy_variant[rows])
         uniform = campaign.exploration / (hours_allowed.size * n_variants)
         is_greedy = (hour == greedy_hour) & (variant == greedy_variant[rows])
-        send_at = first_slot.loc[hour].array  # tz-aware: the column stays datetime64[ns, UTC]
-        items.loc[rows, "send_at"] = send_at
-        items.loc[rows, "local_send_at"] = [local_of[pd.Timestamp(t)].isoformat() for t in send_at]
-        items.loc[rows, "variant_id"] = [campaign.variants[v].variant_id for v in variant]
-        items.loc[rows, "p_click"] = audience.variant_scores[rows, variant]
-        items.loc[rows, "propensity"] = np.where(is_greedy, 1 - campaign.exploration + uniform, uniform)
-        items.loc[rows, "reason"] = [Reason.exploration.value if e else None for e in explored & ~is_greedy]
-        items.loc[rows, "decision"] = Decision.send.value
-        items.loc[rows, "state"] = ItemState.planned.value
+        slot = slot_of_hour[hour]
+        send_at[rows] = slots.send_at[slot]
+        local_send_at[rows] = slots.local_iso[slot]
+        variant_id[rows] = np.array([v.variant_id for v in campaign.variants], dtype=object)[variant]
+        p_click[rows] = audience.variant_scores[rows, variant]
+        propensity[rows] = np.where(is_greedy, 1 - campaign.exploration + uniform, uniform)
+        reason[rows[explored & ~is_greedy]] = Reason.exploration.value
+        decision[rows] = Decision.send.value
+        state[rows] = ItemState.planned.value
 
-    timed = items["decision"] == Decision.send.value
+    timed = decision == Decision.send.value
     control = timed & in_control
-    items.loc[control, ["decision", "reason", "state"]] = [
-        Decision.holdout.value,
-        Reason.holdout.value,
-        ItemState.suppressed.value,
-    ]
-    low = timed & ~control & (items["p_click"] < min_p_click)
-    items.loc[low, ["decision", "reason", "state"]] = [
-        Decision.skip.value,
-        Reason.low_value.value,
-        ItemState.suppressed.value,
-    ]
-    return items
+    decision[control], reason[control] = Decision.holdout.value, Reason.holdout.value
+    state[control] = ItemState.suppressed.value
+    low = timed & ~control & (p_click < min_p_click)
+    decision[low], reason[low] = Decision.skip.value, Reason.low_value.value
+    state[low] = ItemState.suppressed.value
+    return pd.DataFrame(
+        {
+            "plan_id": plan_ids(campaign.campaign_id, user_ids),
+            "campaign_id": campaign.campaign_id,
+            "user_id": user_ids,
+            "decision": decision,
+            "reason": reason,
+            "channel": channel,
+            "variant_id": variant_id,
+            "send_at": pd.DatetimeIndex(send_at.view("datetime64[ns]")).tz_localize("UTC"),
+            "local_send_at": local_send_at,
+            "p_click": p_click,
+            "expected_uplift": np.nan,
+            "propensity": propensity,
+            "model_versions": [dict(audience.model_versions) for _ in range(n)],
+            "state": state,
+        }
+    )
+
+
+def plan_ids(campaign_id: str, user_ids: np.ndarray) -> np.ndarray:
+    """The item id of each (campaign, user): stable, so re-planning a user updates one item."""
+    ids = [str(uuid.uuid5(PLAN_NAMESPACE, f"{campaign_id}\x1f{user}")) for user in user_ids]
+    return np.array(ids, dtype=object)
 
 
 @dataclass
