@@ -26,6 +26,9 @@ from pushplan.domain import Campaign, Decision, ItemState, PlanItem, Reason
 from pushplan.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# In production the plan store shares its PostgreSQL database with MLflow, which keeps its own
+# Alembic history in the default `alembic_version` table; ours must not collide with it.
+VERSION_TABLE = "pushplan_alembic_version"
 # States a new plan may overwrite: not yet handed to dispatch. Queued, sent, failed and cancelled
 # items are dispatch's record of what happened and are never rewritten by planning.
 REPLANNABLE = {ItemState.planned.value, ItemState.suppressed.value}

@@ -5,12 +5,17 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from dispatch.plan_store import Base
+from dispatch.plan_store import VERSION_TABLE, Base
 
 config = context.config
 connectable = sa.create_engine(config.get_main_option("sqlalchemy.url") or "")
 with connectable.connect() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=True,
+        version_table=VERSION_TABLE,
+    )
     with context.begin_transaction():
         context.run_migrations()
 connectable.dispose()

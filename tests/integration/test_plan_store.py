@@ -127,10 +127,11 @@ def test_the_migrations_build_what_the_models_describe(store: PlanStore) -> None
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from dispatch.plan_store import Base
+    from dispatch.plan_store import VERSION_TABLE, Base
 
     with store.engine.connect() as connection:
-        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, Base.metadata) == []
 
 
 def test_held_sends_feed_the_caps_and_displaced_items_become_capped(store: PlanStore) -> None:

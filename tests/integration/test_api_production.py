@@ -1,0 +1,91 @@
+"""The HTTP service on the production profile: features online in Redis, plans and keys in PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from dispatch.plan_store import PlanStore, migrate
+from pushplan.settings import Profile, Settings
+from serving.app import create_app
+from serving.keys import Role, create_key
+from tests.features_setup import built_store
+from tests.services import DATABASE_URL, REDIS_URL, require_services
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NOW = "2026-10-06T00:00:00Z"
+CAMPAIGN = {
+    "campaign_id": "prod",
+    "name": "Production profile",
+    "channels": ["push", "sms"],
+    "variants": [
+        {"variant_id": "a", "title": "Save 30% today", "tags": ["discount"]},
+        {"variant_id": "b", "title": "What's new?", "tags": ["question", "news"]},
+        {"variant_id": "c", "title": "Picked for you", "tags": ["personal"]},
+        {"variant_id": "d", "title": "Don't miss out", "tags": ["urgency"]},
+    ],
+    "window": {"start": NOW, "end": "2026-10-07T00:00:00Z"},
+    "holdout_fraction": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path) -> Iterator[Settings]:
+    """A PostgreSQL database and a Feast project of its own, removed afterwards."""
+    require_services()
+    name = f"pushplan_api_{uuid.uuid4().hex[:10]}"
+    admin = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    settings = Settings(
+        profile=Profile.production,
+        data_dir=tmp_path_factory.mktemp("api-production"),
+        redis_url=REDIS_URL,
+        database_url=DATABASE_URL.rsplit("/", 1)[0] + f"/{name}",
+        feast_project=f"test_{uuid.uuid4().hex[:10]}",
+    )
+    store = built_store(settings, sim_dir)
+    try:
+        yield settings
+    finally:
+        store.teardown()
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_plans_are_made_from_redis_features_and_stored_in_postgresql(production: Settings) -> None:
+    migrate(production)
+    key = create_key(PlanStore(production), Role.campaign)
+    headers = {"X-API-Key": key}
+    users = [f"u{i:07d}" for i in range(400)]
+    with TestClient(create_app(production)) as client:
+        ready = client.get("/readyz").json()
+        assert ready["ready"] is True
+        assert client.post("/v1/campaigns", json=CAMPAIGN, headers=headers).status_code == 201
+        body = {"campaign_id": "prod", "user_ids": users, "now": NOW}
+        planned = client.post("/v1/plans", json=body, headers=headers)
+        assert planned.status_code == 200, planned.text
+        result = planned.json()
+
+    assert sum(result["counts"].values()) == len(users)
+    sends = [i for i in result["items"] if i["decision"] == "send"]
+    assert sends and {i["variant_id"] for i in sends} <= {"a", "b", "c", "d"}
+    assert {i["channel"] for i in sends} <= {"push", "sms"}
+    # Online profiles from Redis decide the channel: opted-out users are skipped with the reason.
+    assert all(i["reason"] == "opted_out" for i in result["items"] if i["channel"] is None)
+
+    with psycopg.connect(production.database_url.replace("postgresql+psycopg://", "postgresql://")) as db:
+        stored = dict(
+            db.execute(
+                "select decision, count(*) from plan_items where campaign_id = 'prod' group by 1"
+            ).fetchall()
+        )
+        hashed = db.execute("select secret_hash from api_keys").fetchone()
+    assert stored == result["counts"]
+    assert hashed is not None and key.split("_", 2)[2] not in hashed[0]  # only the hash is stored
