@@ -96,7 +96,37 @@ def migrate(settings: Settings) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", database_url(settings).replace("%", "%%"))
+    _adopt_shared_version_table(config, database_url(settings))
     command.upgrade(config, "head")
+
+
+def _adopt_shared_version_table(config: Config, url: str) -> None:
+    """Stores made before VERSION_TABLE kept their revision in Alembic's default table: carry it
+    over once, so upgrading pushplan never tries to create the tables they already have."""
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    engine = sa.create_engine(url)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+        if "alembic_version" not in tables or "plan_items" not in tables:
+            return
+        with engine.connect() as connection:
+            if VERSION_TABLE in tables and connection.scalar(
+                sa.text(f"select count(*) from {VERSION_TABLE}")
+            ):
+                return
+            revisions = connection.execute(sa.text("select version_num from alembic_version")).scalars().all()
+    finally:
+        engine.dispose()
+    scripts = ScriptDirectory.from_config(config)
+    for revision in revisions:  # MLflow's revisions may share the table; only ours are known here
+        try:
+            if scripts.get_revision(revision) is not None:
+                command.stamp(config, revision)
+                return
+        except CommandError:
+            continue
 
 
 class PlanStore:

@@ -416,12 +416,13 @@ def plan_command(
         out.print(f"would displace {len(arbitrated.displaced):,} weaker sends of other campaigns (caps)")
     out_file.parent.mkdir(parents=True, exist_ok=True)
     items.assign(model_versions=items["model_versions"].map(json.dumps)).to_parquet(out_file, index=False)
-    _print_plan_summary(items, out_file)
+    _print_plan_summary(items, f"plan: {len(items):,} users → {out_file}")
 
 
-def _print_plan_summary(items: Any, out_file: Path) -> None:
+def _print_plan_summary(items: Any, title: str) -> None:
+    """Decisions, skip reasons, variant shares and a local-hour histogram of a plan's items."""
     decisions = items["decision"].value_counts()
-    table = Table(title=f"plan: {len(items):,} users → {out_file}", show_header=False)
+    table = Table(title=title, show_header=False)
     for decision in ("send", "holdout", "skip"):
         table.add_row(decision, f"{int(decisions.get(decision, 0)):,}")
     for reason, count in items.loc[items["decision"] == "skip", "reason"].value_counts().items():
@@ -496,7 +497,7 @@ def demo(
     days: Annotated[int, typer.Option(min=1, help="How many days of history.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """The tour on the local profile: simulate, import, features, train, evaluate."""
+    """The tour on the local profile: simulate, import, features, train, evaluate, serve and plan."""
     settings = get_settings()
     sim_dir = settings.data_dir / "simulation"
     out.rule("1. simulate")
@@ -514,14 +515,49 @@ def demo(
     train(ModelName.all, tune=0, promote=False)
     out.rule("5. evaluate")
     evaluate(as_json=False, sim_dir=sim_dir)
+    out.rule("6. serve and plan")
+    campaign_id = _demo_plan_through_the_service(settings)
     tracking = settings.data_dir / "mlflow.db"
     out.print(
         f"\nThe hidden truth is in {sim_dir / 'truth'}. Next:\n"
         f"  pushplan models list\n"
         f"  pushplan features get u0000042\n"
-        f"  mlflow ui --backend-store-uri sqlite:///{tracking.resolve()}",
+        f"  mlflow ui --backend-store-uri sqlite:///{tracking.resolve()}\n"
+        f"  pushplan serve   # then, with a key from `pushplan keys create --role campaign`:\n"
+        f"  curl -H 'X-API-Key: KEY' 'http://127.0.0.1:8000/v1/campaigns/{campaign_id}/plan-items?limit=3'",
         highlight=False,
     )
+
+
+def _demo_plan_through_the_service(settings: Any) -> str:
+    """Start the HTTP service, create the demo campaign and plan every user through the API."""
+    from datetime import UTC, datetime, time, timedelta
+
+    import pandas as pd
+
+    from dispatch.plan_store import PlanStore, migrate
+    from features.event_store import EventStore
+    from pushplan.tour import demo_campaign, plan_through_api, running_service
+    from serving.keys import Role, create_key
+
+    last = EventStore(settings).stats().last
+    assert last is not None  # the tour imported events a step earlier
+    # The campaign runs for the day after the simulated history, planned as of its start.
+    start = datetime.combine(last.date() + timedelta(days=1), time(), tzinfo=UTC)
+    campaign = demo_campaign(start)
+    user_ids = pd.read_parquet(settings.users_path, columns=["user_id"])["user_id"].astype(str).tolist()
+    migrate(settings)
+    key = create_key(PlanStore(settings), Role.campaign)
+    with running_service(settings.data_dir, key) as service:
+        out.print(f"service at {service.base_url} (log: {service.log})", highlight=False)
+        items = plan_through_api(service, campaign, user_ids, start)
+    out.print(
+        f"created campaign {campaign.campaign_id!r} ({len(campaign.variants)} variants, "
+        f"{start:%Y-%m-%d} UTC) and planned {len(items):,} users through POST /v1/plans",
+        highlight=False,
+    )
+    _print_plan_summary(items, f"plan: {len(items):,} users")
+    return campaign.campaign_id
 
 
 def main() -> None:

@@ -48,8 +48,23 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
         "materialized",
         "train",
         "oracle share",
+        "serve and plan",
+        "planned 5,000 users through POST /v1/plans",
+        "local send hour",
     ):
         assert step in demo.stdout
+
+    # The plan the demo made through the service is in the plan store: every user, one decision.
+    from dispatch.plan_store import PlanStore
+    from pushplan.settings import Settings
+
+    plans = PlanStore(Settings(data_dir=Path(env["PUSHPLAN_DATA_DIR"])))
+    campaign_id = demo.stdout.split("created campaign '")[1].split("'")[0]
+    counts = plans.counts(campaign_id)
+    assert sum(counts.values()) == 5000
+    reachable = counts["send"] + counts["holdout"]
+    assert counts["send"] > 2500 and abs(counts["holdout"] / reachable - 0.1) < 0.03
+    plans.engine.dispose()
 
     evaluation = json.loads(run("evaluate", "--json", env=env).stdout)
     oracle = evaluation["oracle"]
