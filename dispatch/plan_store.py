@@ -131,6 +131,7 @@ def _adopt_shared_version_table(config: Config, url: str) -> None:
 
 class PlanStore:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.engine = sa.create_engine(database_url(settings), pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -166,3 +166,23 @@ def test_held_sends_feed_the_caps_and_displaced_items_become_capped(store: PlanS
     assert after[queued].state == "queued" and after[queued].decision == "send"  # dispatch owns it
     assert store.sends_kept("autumn", []) == len(sends) - 1
     assert store.sends_kept("autumn", users) == 1  # only the queued one survives a re-plan of everyone
+
+
+def test_a_store_from_before_its_own_version_table_is_adopted_and_keeps_its_rows(store: PlanStore) -> None:
+    """Earlier releases kept the plan store's revision in Alembic's default table (MLflow's too)."""
+    import sqlalchemy as sa
+
+    from dispatch.plan_store import VERSION_TABLE
+
+    store.save_campaign(CAMPAIGN)
+    with store.engine.begin() as connection:
+        head = connection.scalar(sa.text(f"select version_num from {VERSION_TABLE}"))
+        connection.execute(sa.text(f"drop table {VERSION_TABLE}"))
+        connection.execute(sa.text("create table alembic_version (version_num varchar(32) primary key)"))
+        connection.execute(
+            sa.text("insert into alembic_version values ('0a1b2c3d4e5f'), (:head)"), {"head": head}
+        )
+    migrate(store.settings)
+    assert store.get_campaign("autumn") == CAMPAIGN
+    with store.engine.connect() as connection:
+        assert connection.scalar(sa.text(f"select version_num from {VERSION_TABLE}")) == head
