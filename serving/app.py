@@ -12,6 +12,7 @@ from prometheus_client import Counter, Histogram
 
 from dispatch.plan_store import PlanStore, migrate
 from pushplan.settings import Settings, get_settings
+from serving.deps import AUTH_RESPONSES, BODY_RESPONSES, Problem
 from serving.models import ModelSet
 from serving.routes import campaigns, events, health, plans
 
@@ -50,6 +51,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         REQUESTS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
 
-    for router in (health.router, campaigns.router, plans.router, events.router):
-        app.include_router(router)
+    app.include_router(health.router)
+    for router in (campaigns.router, events.router):
+        app.include_router(router, responses=AUTH_RESPONSES)
+    # Both plan routes answer 404 when the campaign they name does not exist; POST /v1/plans has a body.
+    unknown_campaign: dict[int | str, dict[str, Any]] = {
+        404: {"model": Problem, "description": "No campaign with this campaign_id."}
+    }
+    app.include_router(plans.router, responses=AUTH_RESPONSES | BODY_RESPONSES | unknown_campaign)
     return app

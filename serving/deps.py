@@ -1,11 +1,17 @@
-"""Request dependencies as Annotated aliases: the stores, the models, and the caller's role."""
+"""Request dependencies as Annotated aliases: the stores, the models, and the caller's role.
+
+The key is declared as an OpenAPI security scheme (`ApiKey`, header `X-API-Key`), so the schema says
+which operations need one, and the docs page can send it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 
 from dispatch.plan_store import PlanStore
 from serving.keys import Role, role_of
@@ -27,11 +33,35 @@ def model_set(request: Request) -> ModelSet:
 PlanStoreDep = Annotated[PlanStore, Depends(plan_store)]
 ModelsDep = Annotated[ModelSet, Depends(model_set)]
 
+# auto_error=False: `require` answers a missing key itself, with the same 401 and message as a bad one.
+API_KEY = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    description="`pushplan keys create --role campaign|operator|admin` prints one.",
+    auto_error=False,
+)
+
+
+class Problem(BaseModel):
+    """An error the service answers itself (not a validation error): what went wrong, in words."""
+
+    detail: str
+
+
+# FastAPI answers 400 (not 422) to a body it cannot decode at all, such as bytes that are not UTF-8.
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body could not be read as JSON."},
+}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No X-API-Key, or an unknown or revoked one."},
+    403: {"model": Problem, "description": "The key's role may not do this."},
+}
+
 
 def require(*roles: Role) -> Callable[..., Role]:
     """A dependency admitting callers whose key has one of `roles` (admin always): 401 / 403 otherwise."""
 
-    def check(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> Role:
+    def check(request: Request, x_api_key: Annotated[str | None, Security(API_KEY)]) -> Role:
         if not x_api_key:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header")
         role = role_of(plan_store(request), x_api_key)

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, status
 
 from pushplan.domain import Campaign
-from serving.deps import CampaignRole, PlanStoreDep, ReaderRole
+from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Campaign)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Campaign, responses=BODY_RESPONSES)
 def create_campaign(campaign: Campaign, store: PlanStoreDep, _: CampaignRole) -> Campaign:
     """Create a campaign, or replace one with the same `campaign_id`."""
     store.save_campaign(campaign)
     return campaign
 
 
-@router.get("/{campaign_id}", response_model=Campaign)
-def get_campaign(campaign_id: str, store: PlanStoreDep, _: ReaderRole) -> Campaign:
+@router.get(
+    "/{campaign_id}",
+    response_model=Campaign,
+    responses={404: {"model": Problem, "description": "No campaign with this campaign_id."}},
+)
+def get_campaign(
+    campaign_id: Annotated[str, Path(examples=["black-friday"])], store: PlanStoreDep, _: ReaderRole
+) -> Campaign:
     campaign = store.get_campaign(campaign_id)
     if campaign is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")

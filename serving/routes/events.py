@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from features.event_store import EventStore, ImportRefused
 from features.store import feature_store, push_events
-from serving.deps import CampaignRole
+from serving.deps import BODY_RESPONSES, CampaignRole
 
 router = APIRouter(tags=["events"])
 
@@ -22,6 +22,26 @@ class EventsBatch(BaseModel):
         min_length=1, max_length=50_000, description="Rows of the events contract."
     )
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "event_id": "e-0001",
+                            "user_id": "u0000042",
+                            "event_type": "push_clicked",
+                            "timestamp": "2026-10-06T09:00:00Z",
+                            "campaign_id": "black-friday",
+                            "variant_id": "a",
+                            "channel": "push",
+                        }
+                    ]
+                }
+            ]
+        }
+    }
+
 
 class EventsAccepted(BaseModel):
     received: int
@@ -29,7 +49,25 @@ class EventsAccepted(BaseModel):
     already_stored: int
 
 
-@router.post("/v1/events", response_model=EventsAccepted)
+# A refused batch is a 422 whose `detail` is the import's message (row, column, reason), a string;
+# a body that is not a batch at all gets FastAPI's usual 422. Both schemas are in the components:
+# HTTPValidationError from every route with a body, Problem from the auth responses.
+REFUSED = {
+    "description": "Not a batch, or a row breaks the events contract (nothing was stored).",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/HTTPValidationError"},
+                    {"$ref": "#/components/schemas/Problem"},
+                ]
+            }
+        }
+    },
+}
+
+
+@router.post("/v1/events", response_model=EventsAccepted, responses=BODY_RESPONSES | {422: REFUSED})
 def post_events(body: EventsBatch, request: Request, _: CampaignRole) -> EventsAccepted:
     """Store a batch of events (idempotent on event_id) and fold sends and clicks into online fatigue."""
     settings = request.app.state.settings

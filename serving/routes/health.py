@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["health"])
+
+
+class Ready(BaseModel):
+    ready: bool
+    models: dict[str, str] = Field(description="Model name to registry version, or `heuristic`.")
+    heuristics: list[str] = Field(description="Models with no champion, planned with population heuristics.")
+
+
+class NotReady(BaseModel):
+    ready: bool = False
+    reason: str
 
 
 @router.get("/healthz")
@@ -14,7 +26,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses={503: {"model": NotReady, "description": "A store does not answer; the reason says which."}},
+)
 def readyz(request: Request) -> JSONResponse:
     """Ready when the stores answer; models missing from the registry are reported, not fatal."""
     models = request.app.state.models
@@ -26,6 +42,6 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "models": models.versions, "heuristics": models.missing})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, description="Prometheus text exposition format.")
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

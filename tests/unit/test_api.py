@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
-from dispatch.plan_store import PlanStore, migrate
 from features.event_store import EventStore
 from pushplan.settings import Settings
-from serving.app import create_app
-from serving.keys import Role, create_key
-from tests.features_setup import built_store
+from serving.keys import Role
 
 pytestmark = pytest.mark.slow
 
@@ -29,18 +23,6 @@ CAMPAIGN = {
     "holdout_fraction": 0.2,
 }
 NOW = "2026-10-06T00:00:00Z"
-
-
-@pytest.fixture(scope="module")
-def served(
-    tmp_path_factory: pytest.TempPathFactory, sim_dir: Path
-) -> Iterator[tuple[TestClient, dict[Role, str], Settings]]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("api"))
-    built_store(settings, sim_dir)
-    migrate(settings)
-    keys = {role: create_key(PlanStore(settings), role) for role in Role}
-    with TestClient(create_app(settings)) as client:
-        yield client, keys, settings
 
 
 def test_health_readiness_and_metrics(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
