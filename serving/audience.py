@@ -8,12 +8,21 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from features.store import online_features, profiles
+from features.store import PROFILE_REFS, Source, profile_frame, read_stored, service_features, stored_refs
 from pushplan.clock import smooth_hours
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
 from serving.models import ModelSet
 from serving.planner import Audience
+
+HOUR_SERVICE = "send_hour_v1"
+VARIANT_SERVICE = "variant_v1"
+
+
+def audience_refs(store: FeatureStore) -> list[str]:
+    """Every stored feature a plan reads: the profile's, the send-hour and the variant services'."""
+    refs = [*PROFILE_REFS, *stored_refs(store, HOUR_SERVICE), *stored_refs(store, VARIANT_SERVICE)]
+    return list(dict.fromkeys(refs))
 
 
 def build_audience(
@@ -23,17 +32,24 @@ def build_audience(
     campaign: Campaign,
     user_ids: list[str],
     now: datetime,
+    *,
+    source: Source = "online",
 ) -> Audience:
-    """Profiles, hour scores and variant scores for every user, each read and scored in one batch.
+    """Profiles, hour scores and variant scores for every user, from ONE feature read, scored in batch.
+
+    `source="online"` reads Feast's online store (a request's users); `source="offline"` reads
+    Feast's offline store as of `now` (the latest daily snapshot at or before it): the way to plan a
+    whole audience without an online read per user, and without materializing it first. Both give
+    the same Audience for the same stored snapshot (pushes between builds reach the online store only).
 
     The variant model is asked about each variant at the hour the user would get it (the best of
     their hour scores), because its features include engagement at the candidate hour.
     """
-    users = profiles(store, settings, user_ids)
+    stored = read_stored(store, user_ids, audience_refs(store), source=source, at=now)
+    users = profile_frame(settings, user_ids, stored)
     window_start = max(pd.Timestamp(campaign.window.start), pd.Timestamp(now))
-    hour_features = online_features(store, settings, "send_hour_v1", user_ids)
-    weekend = [window_start.tz_convert(zone).dayofweek >= 5 for zone in users["timezone"]]
-    hour_features["is_weekend"] = np.asarray(weekend, dtype=float)
+    hour_features = service_features(store, settings, HOUR_SERVICE, user_ids, stored)
+    hour_features["is_weekend"] = is_weekend(window_start, users["timezone"])
     hour_scores = models.hour_scores(hour_features)
     request = pd.DataFrame(
         {
@@ -45,8 +61,14 @@ def build_audience(
         },
         index=range(len(user_ids)),
     )
-    variant_features = online_features(store, settings, "variant_v1", user_ids, request)
+    variant_features = service_features(store, settings, VARIANT_SERVICE, user_ids, stored, request)
     variant_scores = models.variant_scores(
         variant_features, [(v.title, list(v.tags)) for v in campaign.variants]
     )
     return Audience(users, hour_scores, variant_scores, dict(models.versions))
+
+
+def is_weekend(moment: pd.Timestamp, zones: pd.Series) -> np.ndarray:
+    """1.0 where `moment` falls on a Saturday or Sunday in the user's zone, else 0.0 (once per zone)."""
+    by_zone = {zone: float(moment.tz_convert(zone).dayofweek >= 5) for zone in pd.unique(zones)}
+    return zones.map(by_zone).to_numpy(dtype=float)

@@ -4,15 +4,18 @@ and replaced by population heuristics when a model is missing (said in `versions
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pushplan.domain import VARIANT_TAGS
 from pushplan.settings import Settings
-from training.evaluation import with_variant
+from training.frames import CATEGORIES, HOUR_VECTORS, timezone_group, variant_features
 from training.pipeline import predict
 from training.specs import SEND_HOUR, SPECS, VARIANT
 from training.tracking import CHAMPION, champion_version, configure
@@ -29,6 +32,7 @@ class ModelSet:
     models: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     checked_at: float = 0.0
+    _scorers: dict[str, tuple[Any, Scorer | None]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, settings: Settings) -> ModelSet:
@@ -67,23 +71,218 @@ class ModelSet:
     def missing(self) -> list[str]:
         return [name for name, version in self.versions.items() if version == HEURISTIC]
 
+    def scorer(self, name: str) -> Scorer | None:
+        """The array form of a loaded model (built once per loaded model), or None where it has none."""
+        model = self.models.get(name)
+        if model is None:
+            return None
+        cached = self._scorers.get(name)
+        if cached is None or cached[0] is not model:
+            cached = (model, Scorer.of(model))
+            self._scorers[name] = cached
+        return cached[1]
+
     def hour_scores(self, features: pd.DataFrame) -> np.ndarray:
         """(users × 24) engagement by local hour: the send-hour model, or the users' own activity shares."""
         model = self.models.get(SEND_HOUR.name)
-        if model is not None:
+        if model is None:
+            return np.stack([np.asarray(v, dtype=float) for v in features["activity_by_hour"]])
+        scorer = self.scorer(SEND_HOUR.name)
+        if scorer is None:
             return predict(SEND_HOUR, model, features)
-        return np.stack([np.asarray(v, dtype=float) for v in features["activity_by_hour"]])
+        full = np.zeros((len(features), 24))
+        for start in range(0, len(features), CHUNK_ROWS):
+            rows = features.iloc[start : start + CHUNK_ROWS]
+            full[start : start + len(rows), scorer.classes] = scorer.proba(scorer.encode(rows))
+        return full
 
     def variant_scores(self, features: pd.DataFrame, variants: list[tuple[str, list[str]]]) -> np.ndarray:
-        """(users × variants) p(click): the variant model, or the users' smoothed affinity for the tags."""
+        """(users × variants) p(click): the variant model, or the users' smoothed affinity for the tags.
+
+        With the model, each user's own columns are encoded once and each variant only overwrites
+        its text and tag-match columns; all variants of a chunk of users go in one model call.
+        """
         model = self.models.get(VARIANT.name)
-        columns = []
-        for title, tags in variants:
-            scored = with_variant(features, title, tags)
-            if model is not None:
-                columns.append(predict(VARIANT, model, scored))
+        scorer = self.scorer(VARIANT.name)
+        if model is None or scorer is None:
+            columns = []
+            for title, tags in variants:
+                scored = variant_rows(features, title, tags)
+                if model is not None:
+                    columns.append(predict(VARIANT, model, scored))
+                else:
+                    columns.append(
+                        scored["tag_affinity_mean"].fillna(scored["tag_affinity_mean"].mean()).fillna(0.0)
+                    )
+            return np.column_stack(columns)
+        texts = variant_features([title for title, _ in variants], [tags for _, tags in variants])
+        varying = [c for c in (*texts.columns, *TAG_MATCH_COLUMNS) if c in scorer.index]
+        scores = np.empty((len(features), len(variants)))
+        step = max(1, CHUNK_ROWS // max(1, len(variants)))
+        for start in range(0, len(features), step):
+            rows = features.iloc[start : start + step]
+            base = scorer.encode(rows, skip=varying)
+            affinity = affinities(rows) if "tag_affinity_mean" in rows else None
+            blocks = []
+            for v, (_, tags) in enumerate(variants):
+                block = base.copy()
+                for column in texts.columns:
+                    if column in scorer.index:
+                        block[:, scorer.index[column][0]] = texts[column].iloc[v]
+                if affinity is not None:
+                    for column, values in tag_match(affinity, tags).items():
+                        if column in scorer.index:
+                            block[:, scorer.index[column][0]] = values
+                blocks.append(block)
+            proba = scorer.proba(np.vstack(blocks))
+            scores[start : start + len(rows)] = proba.reshape(len(variants), len(rows)).T
+        return scores
+
+
+# Rows encoded per model call for large audiences: 100,000 rows of the send-hour model's ~90
+# inputs are ~70 MB as float64.
+CHUNK_ROWS = 100_000
+# Below this many rows a prediction runs on one thread: for a handful of rows, starting and joining
+# OpenMP threads costs more than the trees.
+ONE_THREAD_ROWS = 500
+TAG_MATCH_COLUMNS = ("tag_affinity_mean", "tag_affinity_max", "variant_tag_count")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A logged Pipeline (FeatureFrame → LGBMClassifier) as arrays: the same numbers as
+    `training.pipeline.predict`, without building a pandas frame per call.
+
+    `encode` lays the FeatureFrame's inputs out as the booster's float matrix (hour vectors as 24
+    columns, categories as their codes in the fixed CATEGORIES, missing or unknown as NaN: what
+    LightGBM itself makes of the FeatureFrame's pandas output), and `proba` calls the booster.
+    `Scorer.of` checks the layout against the booster's own feature names and categories, and
+    gives None (use `predict`) for anything else, such as a calibrated model.
+    """
+
+    features: Any  # the FeatureFrame step
+    booster: Any
+    index: dict[str, list[int]]  # input column → its positions in the matrix
+    width: int
+    classes: np.ndarray
+    binary: bool
+    threads: int
+
+    @classmethod
+    def of(cls, model: Any) -> Scorer | None:
+        steps = getattr(model, "named_steps", None)
+        if not steps or list(steps) != ["features", "lgbm"]:
+            return None
+        frame, classifier = steps["features"], steps["lgbm"]
+        booster = getattr(classifier, "booster_", None)
+        if booster is None:
+            return None
+        names: list[str] = []
+        categories: list[list[str]] = []
+        index: dict[str, list[int]] = {}
+        for column in frame.columns:
+            if column in HOUR_VECTORS:
+                outputs = [f"{column}_{hour:02d}" for hour in range(24)]
+            elif column == "timezone":
+                outputs = ["timezone_group"]
+                categories.append(list(CATEGORIES["timezone_group"]))
             else:
-                columns.append(
-                    scored["tag_affinity_mean"].fillna(scored["tag_affinity_mean"].mean()).fillna(0.0)
-                )
-        return np.column_stack(columns)
+                outputs = [column]
+                if column in CATEGORIES:
+                    categories.append(list(CATEGORIES[column]))
+            index[column] = list(range(len(names), len(names) + len(outputs)))
+            names += outputs
+        if booster.feature_name() != names or (booster.pandas_categorical or []) != categories:
+            return None
+        jobs = classifier.n_jobs if isinstance(classifier.n_jobs, int) and classifier.n_jobs > 0 else 0
+        return cls(
+            frame,
+            booster,
+            index,
+            len(names),
+            np.asarray(classifier.classes_, dtype=int),
+            len(classifier.classes_) == 2,
+            jobs or (os.cpu_count() or 1),
+        )
+
+    def encode(self, rows: pd.DataFrame, skip: Collection[str] = ()) -> np.ndarray:
+        """The (rows × inputs) float64 matrix; columns in `skip` are left as NaN for the caller to fill."""
+        out = np.full((len(rows), self.width), np.nan)
+        dtypes = rows.dtypes
+        plain = []  # numeric columns of numpy dtypes: converted together, as astype(float64) would
+        for column, positions in self.index.items():
+            if column in skip:
+                continue
+            if column in HOUR_VECTORS:
+                out[:, positions[0] : positions[-1] + 1] = hour_matrix(rows[column])
+            elif column == "timezone":
+                # A few zones for many users: group each zone once.
+                which, zones = pd.factorize(rows[column])
+                groups = np.append(_codes(timezone_group(pd.Series(zones)), "timezone_group"), np.nan)
+                out[:, positions[0]] = groups[which]  # -1 (missing) takes the appended NaN
+            elif column in CATEGORIES:
+                out[:, positions[0]] = _codes(rows[column], column)
+            elif isinstance(dtypes[column], np.dtype) and dtypes[column].kind in "fiub":
+                plain.append(column)
+            else:
+                out[:, positions[0]] = pd.to_numeric(rows[column], errors="coerce").astype("float64")
+        if plain:
+            out[:, [self.index[c][0] for c in plain]] = rows[plain].to_numpy(dtype="float64")
+        return out
+
+    def proba(self, matrix: np.ndarray) -> np.ndarray:
+        """p(class 1) for a binary model; (rows × classes) for a multiclass one."""
+        threads = 1 if len(matrix) < ONE_THREAD_ROWS else self.threads
+        result = np.asarray(self.booster.predict(matrix, num_threads=threads))
+        return result if not self.binary or result.ndim == 1 else result[:, 1]
+
+
+def _codes(values: pd.Series, category: str) -> np.ndarray:
+    codes = pd.Categorical(values, categories=CATEGORIES[category]).codes.astype("float64")
+    codes[codes < 0] = np.nan
+    return codes
+
+
+def hour_matrix(vectors: pd.Series) -> np.ndarray:
+    """(rows × 24) of a column of 24-hour vectors; NaN rows where a vector is missing or malformed."""
+    values = vectors.to_numpy()
+    if len(values) and all(v is not None and len(v) == 24 for v in values):
+        return np.asarray(np.stack(values), dtype=float).reshape(len(values), 24)
+    matrix = np.full((len(values), 24), np.nan)
+    for row, vector in enumerate(values):
+        if vector is not None and len(vector) == 24:
+            matrix[row] = np.asarray(vector, dtype=float)
+    return matrix
+
+
+def affinities(rows: pd.DataFrame) -> np.ndarray:
+    """(rows × VARIANT_TAGS) of the users' tag affinities, as floats."""
+    return rows[[f"affinity_{tag}" for tag in VARIANT_TAGS]].to_numpy(dtype=float)
+
+
+def tag_match(affinity: np.ndarray, tags: list[str]) -> dict[str, np.ndarray]:
+    """`transforms.tag_match_features` for one variant's tags on every row, as whole-array operations."""
+    mask = np.zeros(len(VARIANT_TAGS))
+    for tag in ",".join(tags).split(","):
+        if tag.strip() in VARIANT_TAGS:
+            mask[VARIANT_TAGS.index(tag.strip())] = 1.0
+    chosen = np.broadcast_to(mask, affinity.shape)
+    counts = chosen.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(counts > 0, (affinity * chosen).sum(axis=1) / counts, np.nan)
+        top = np.where(counts > 0, np.where(chosen > 0, affinity, -np.inf).max(axis=1), np.nan)
+    return {"tag_affinity_mean": mean, "tag_affinity_max": top, "variant_tag_count": counts}
+
+
+def variant_rows(rows: pd.DataFrame, title: str, tags: list[str]) -> pd.DataFrame:
+    """`training.evaluation.with_variant`, the same frame, without per-row Python: every row gets
+    the same variant, so its text features are computed once and its tag mask is one row."""
+    out = rows.copy()
+    text = variant_features([title], [tags])
+    for column in text.columns:
+        out[column] = np.full(len(out), text[column].iloc[0], dtype="float64")
+    out["variant_tags"] = ",".join(tags)
+    if "tag_affinity_mean" in out:
+        for column, values in tag_match(affinities(out), tags).items():
+            out[column] = values
+    return out

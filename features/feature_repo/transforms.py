@@ -19,61 +19,86 @@ def epoch_seconds(values: pd.Series) -> np.ndarray:
     return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
 
 
+def _hour_values(vectors: pd.Series, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows × 24) float matrix of the vectors, which rows have a 24-vector and an hour, and the hours
+    as whole numbers (truncated, as int() does): the rows then index the matrix without a loop."""
+    values = vectors.to_numpy()
+    has = np.fromiter((v is not None and len(v) == 24 for v in values), dtype=bool, count=len(values))
+    valid = has & ~np.isnan(hours)
+    matrix = np.zeros((len(values), 24))
+    if has.all() and len(values):
+        matrix = np.asarray(np.stack(values), dtype=float).reshape(len(values), 24)
+    else:
+        for row in np.flatnonzero(has):
+            matrix[row] = np.asarray(values[row], dtype=float)
+    whole = np.where(valid, np.trunc(np.where(valid, hours, 0.0)), 0.0).astype(np.int64)
+    return matrix, valid, whole
+
+
 def _at_hour(vectors: pd.Series, hours: np.ndarray, offset: int = 0) -> np.ndarray:
-    out = np.full(len(vectors), np.nan)
-    for row, (vector, hour) in enumerate(zip(vectors, hours, strict=True)):
-        if vector is not None and len(vector) == 24 and not np.isnan(hour):
-            out[row] = float(vector[(int(hour) + offset) % 24])
-    return out
+    return _pick(_hour_values(vectors, hours), offset)
+
+
+def _pick(values: tuple[np.ndarray, np.ndarray, np.ndarray], offset: int = 0) -> np.ndarray:
+    matrix, valid, whole = values
+    picked = matrix[np.arange(len(matrix)), (whole + offset) % 24]
+    return np.where(valid, picked, np.nan)
 
 
 def _hour_rank(vectors: pd.Series, hours: np.ndarray) -> np.ndarray:
     """0 for the user's most active hour, 23 for the least."""
-    out = np.full(len(vectors), np.nan)
-    for row, (vector, hour) in enumerate(zip(vectors, hours, strict=True)):
-        if vector is not None and len(vector) == 24 and not np.isnan(hour):
-            values = np.asarray(vector, dtype=float)
-            out[row] = float((values > values[int(hour) % 24]).sum())
-    return out
+    return _rank(_hour_values(vectors, hours))
+
+
+def _rank(values: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    matrix, valid, whole = values
+    at = matrix[np.arange(len(matrix)), whole % 24]
+    ranks = (matrix > at[:, None]).sum(axis=1).astype(float)
+    return np.where(valid, ranks, np.nan)
+
+
+def _tag_arrays(inputs: pd.DataFrame) -> dict[str, np.ndarray]:
+    affinity = inputs[[f"affinity_{tag}" for tag in VARIANT_TAGS]].to_numpy(dtype=float)
+    # Few distinct tag lists for many rows: each list is parsed once.
+    which, lists = pd.factorize(inputs["variant_tags"].fillna("").astype(str))
+    masks = np.zeros((len(lists) + 1, len(VARIANT_TAGS)))
+    for k, tags in enumerate(lists):
+        for tag in str(tags).split(","):
+            if tag.strip() in VARIANT_TAGS:
+                masks[k, VARIANT_TAGS.index(tag.strip())] = 1.0
+    chosen = masks[which]
+    counts = chosen.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(counts > 0, (affinity * chosen).sum(axis=1) / counts, np.nan)
+        top = np.where(counts > 0, np.where(chosen > 0, affinity, -np.inf).max(axis=1), np.nan)
+    return {"tag_affinity_mean": mean, "tag_affinity_max": top, "variant_tag_count": counts}
 
 
 def tag_match_features(inputs: pd.DataFrame) -> pd.DataFrame:
     """How much the user likes the variant's tags: mean and max of their tag affinities, and the count."""
-    affinity = np.stack([inputs[f"affinity_{tag}"].to_numpy(dtype=float) for tag in VARIANT_TAGS], axis=1)
-    chosen = np.zeros_like(affinity)
-    for row, tags in enumerate(inputs["variant_tags"].fillna("")):
-        for tag in str(tags).split(","):
-            if tag.strip() in VARIANT_TAGS:
-                chosen[row, VARIANT_TAGS.index(tag.strip())] = 1.0
-    counts = chosen.sum(axis=1)
-    out = pd.DataFrame(index=inputs.index)
-    with np.errstate(invalid="ignore"):
-        out["tag_affinity_mean"] = np.where(counts > 0, (affinity * chosen).sum(axis=1) / counts, np.nan)
-        out["tag_affinity_max"] = np.where(
-            counts > 0, np.where(chosen > 0, affinity, -np.inf).max(axis=1), np.nan
-        )
-    out["variant_tag_count"] = counts
-    return out
+    return pd.DataFrame(_tag_arrays(inputs), index=inputs.index)
 
 
 def request_context_features(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Features of (user, request): engagement at the candidate hour, tag match, recency, window."""
+    """Features of (user, request): engagement at the candidate hour, tag match, recency, window.
+
+    Computed as whole arrays and put in one frame at the end: the same numbers for one user or a
+    million, without a pandas operation per row or per column.
+    """
     hours = pd.to_numeric(inputs["candidate_local_hour"], errors="coerce").to_numpy(dtype=float)
     now = epoch_seconds(inputs["request_time"])
-    out = pd.DataFrame(index=inputs.index)
-    out["engagement_at_hour"] = _at_hour(inputs["activity_by_hour"], hours)
-    out["engagement_near_hour"] = (
-        out["engagement_at_hour"]
-        + _at_hour(inputs["activity_by_hour"], hours, -1)
-        + _at_hour(inputs["activity_by_hour"], hours, +1)
-    )
-    out["push_engagement_at_hour"] = _at_hour(inputs["push_engagement_by_hour"], hours)
-    out["hour_rank"] = _hour_rank(inputs["activity_by_hour"], hours)
-
-    out = pd.concat([out, tag_match_features(inputs)], axis=1)
-    out["hours_since_last_push"] = (now - inputs["last_push_epoch_s"].to_numpy(dtype=float)) / 3600
-    out["hours_since_last_click"] = (now - inputs["last_click_epoch_s"].to_numpy(dtype=float)) / 3600
+    activity = _hour_values(inputs["activity_by_hour"], hours)
+    at_hour = _pick(activity)
     start, end = epoch_seconds(inputs["window_start"]), epoch_seconds(inputs["window_end"])
-    out["window_hours"] = (end - start) / 3600
-    out["hours_to_window_end"] = (end - now) / 3600
-    return out.astype("float64")
+    out = {
+        "engagement_at_hour": at_hour,
+        "engagement_near_hour": at_hour + _pick(activity, -1) + _pick(activity, +1),
+        "push_engagement_at_hour": _at_hour(inputs["push_engagement_by_hour"], hours),
+        "hour_rank": _rank(activity),
+        **_tag_arrays(inputs),
+        "hours_since_last_push": (now - inputs["last_push_epoch_s"].to_numpy(dtype=float)) / 3600,
+        "hours_since_last_click": (now - inputs["last_click_epoch_s"].to_numpy(dtype=float)) / 3600,
+        "window_hours": (end - start) / 3600,
+        "hours_to_window_end": (end - now) / 3600,
+    }
+    return pd.DataFrame(out, index=inputs.index).astype("float64")
