@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from dispatch.plan_store import missing_to_none
 from features.store import feature_store
 from pushplan.caps import FrequencyCap
-from pushplan.domain import Decision, PlanItem, Reason
+from pushplan.domain import Decision, Instant, PlanItem, Reason
 from serving.audience import build_audience
 from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole
 from serving.planner import arbitrate_caps, plan
@@ -21,11 +21,13 @@ MAX_USERS = 10_000
 
 
 class PlanRequest(BaseModel):
-    campaign_id: str = Field(min_length=1)
-    user_ids: list[str] = Field(min_length=1, max_length=MAX_USERS)
-    dry_run: bool = Field(default=False, description="Plan and return the items, store nothing.")
-    now: AwareDatetime | None = Field(default=None, description="Plan as of this instant (default: now).")
-    seed: int = 0
+    campaign_id: str = Field(min_length=1, max_length=200)
+    user_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=MAX_USERS
+    )
+    dry_run: bool = Field(default=False, strict=True, description="Plan and return the items, store nothing.")
+    now: Instant | None = Field(default=None, description="Plan as of this instant (default: now).")
+    seed: int = Field(default=0, ge=0, strict=True, description="Exploration seed; same seed, same plan.")
 
     model_config = {
         "json_schema_extra": {

@@ -9,7 +9,6 @@ documented status codes, content types and bodies, invalid input refused, auth e
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -17,10 +16,8 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import settings
-from pydantic import TypeAdapter, ValidationError
 from schemathesis import Case
 
-from pushplan.domain import Instant
 from pushplan.settings import Settings
 from serving.app import create_app
 from serving.keys import Role
@@ -55,11 +52,6 @@ CONFIG = schemathesis.Config.from_dict(
                     "body.campaign_id": {"dictionary": "campaigns", "probability": 0.5},
                     "body.user_ids[*]": {"dictionary": "users", "probability": 0.5},
                 },
-                # KNOWN ISSUE, not ours to fix here: PlanRequest (serving/routes/plans.py) validates in
-                # pydantic's lax mode, so `"seed": false` plans with seed 0 and `"dry_run": "yes"` stores
-                # the plan, where the schema says integer and boolean. Fix: Field(strict=True) on both;
-                # then drop this line.
-                "checks": {"negative_data_rejection": {"enabled": False}},
             }
         ],
         "checks": {
@@ -104,40 +96,6 @@ class _AdminKey:
 
     def set(self, case: Case, data: str, ctx: schemathesis.AuthContext) -> None:
         case.headers["X-API-Key"] = data
-
-
-@schema.hook("filter_body").apply_to(method="POST", path="/v1/plans")  # type: ignore[attr-defined]
-def _skip_known_plan_5xx(ctx: schemathesis.HookContext, body: Any) -> bool:
-    """KNOWN 5xx, not ours to fix here (serving/routes/plans.py, PlanRequest), so not generated:
-
-    - a negative `seed` reaches np.random.default_rng in serving/planner.py: ValueError, 500.
-      Fix: `seed: int = Field(default=0, ge=0, strict=True)`.
-    - a `now` outside pandas' nanosecond range (e.g. 2263-01-01T00:00:00Z) fails in the feature
-      store's request features: OutOfBoundsDatetime, 500. Fix: `now: Instant | None` (pushplan.domain).
-
-    Delete this filter once PlanRequest has both, so the fuzzer sends such bodies again.
-    """
-    if not isinstance(body, dict):
-        return True
-    seed, now = body.get("seed"), body.get("now")
-    if isinstance(seed, int) and not isinstance(seed, bool) and seed < 0:
-        return False
-    if isinstance(now, str):
-        try:
-            instant = datetime.fromisoformat(now)
-        except ValueError:
-            return True  # not a date-time at all: refused with a 422 today
-        if instant.tzinfo is not None and not _in_range(instant):
-            return False
-    return True
-
-
-def _in_range(instant: datetime) -> bool:
-    try:
-        TypeAdapter(Instant).validate_python(instant)
-    except ValidationError:
-        return False
-    return True
 
 
 ServedApi = tuple[TestClient, dict[Role, str], Settings]
