@@ -364,7 +364,16 @@ def plan_command(
     users_file: Annotated[Path, typer.Option("--users", help="CSV or parquet with a user_id column.")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the plan items (parquet).")],
     now: Annotated[str | None, typer.Option(help="Plan as of this instant (ISO 8601; default: now).")] = None,
-    seed: Annotated[int, typer.Option(help="Exploration seed; the same seed gives the same plan.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Exploration seed; the same seed gives the same plan.")
+    ] = 0,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online/--offline",
+            help="Read features from the online store, or (default) the offline store as of --now.",
+        ),
+    ] = False,
 ) -> None:
     """Plan a whole audience offline: features read in bulk, models applied to arrays, items to parquet."""
     from datetime import UTC, datetime
@@ -397,7 +406,15 @@ def plan_command(
         raise typer.BadParameter("give a UTC offset, e.g. 2026-11-01T00:00:00Z", param_hint="--now")
     ids = users["user_id"].astype(str).drop_duplicates().tolist()
     models = ModelSet.load(settings)
-    audience = build_audience(feature_store(settings), settings, models, campaign, ids, moment)
+    audience = build_audience(
+        feature_store(settings),
+        settings,
+        models,
+        campaign,
+        ids,
+        moment,
+        source="online" if online else "offline",
+    )
     # Other campaigns' stored sends bind this plan's caps, as they do in the service.
     migrate(settings)
     store = PlanStore(settings)

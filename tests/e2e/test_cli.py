@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -65,6 +66,26 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     reachable = counts["send"] + counts["holdout"]
     assert counts["send"] > 2500 and abs(counts["holdout"] / reachable - 0.1) < 0.03
     plans.engine.dispose()
+
+    # `pushplan plan` plans the whole audience offline; the offline and online reads agree.
+    from pushplan.tour import demo_campaign
+
+    start = demo.stdout.split(f"created campaign '{campaign_id}' (4 variants, ")[1][:10]
+    again = demo_campaign(pd.Timestamp(start, tz="UTC").to_pydatetime())
+    campaign_file = tmp_path / "campaign.json"
+    campaign_file.write_text(again.model_copy(update={"campaign_id": "again"}).model_dump_json())
+    users_file = Path(env["PUSHPLAN_DATA_DIR"]) / "users" / "users.parquet"
+    frames = {}
+    for source in ("--offline", "--online"):
+        out_file = tmp_path / f"plan{source}.parquet"
+        args = ["plan", str(campaign_file), "--users", str(users_file), "--out", str(out_file)]
+        planned = run(*args, "--now", f"{start}T00:00:00Z", source, env=env)
+        assert "local send hour" in planned.stdout
+        frames[source] = pd.read_parquet(out_file).set_index("user_id").sort_index()
+    offline, online = frames["--offline"], frames["--online"]
+    assert len(offline) == 5000
+    assert (offline["decision"] == online["decision"]).all()
+    assert (offline["variant_id"].fillna("") == online["variant_id"].fillna("")).all()
 
     evaluation = json.loads(run("evaluate", "--json", env=env).stdout)
     oracle = evaluation["oracle"]
