@@ -2,11 +2,16 @@
 
     python -m benchmarks.run [--events 1000000] [--users 5000 --days 60]
                              [--feature-users 100000 --feature-days 14] [--redis-url redis://127.0.0.1:6379/15]
+                             [--skip-serving | --only-serving] [the sizes of benchmarks/serving.py]
 
 Measures: importing a CSV and a parquet file of N events into an empty store (rows/s, validation
 included), re-importing the same file (the idempotent path), simulating the demo population; and
 for a population of --feature-users: building the feature tables, and materializing the latest
-snapshot of every user into the SQLite and the Redis online stores (users/s).
+snapshot of every user into the SQLite and the Redis online stores (users/s). Then the plan
+service's figures (benchmarks/serving.py): one-user `POST /v1/plans` latency over HTTP on the
+production profile against its floor, and offline planning of a million users against the naive
+per-user path. A quick run: `--events 100000 --feature-users 5000 --requests 500 --plan-users 100000
+--naive-users 2000`.
 Each figure is one timed run on a fresh data dir; the machine is busy with nothing else.
 """
 
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import serving
 from features.event_store import EventStore
 from features.simulator import simulate
 from pushplan.settings import Settings
@@ -115,6 +121,10 @@ def main() -> None:
     parser.add_argument("--feature-users", type=int, default=100_000)
     parser.add_argument("--feature-days", type=int, default=14)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--skip-serving", action="store_true", help="leave out benchmarks/serving.py")
+    which.add_argument("--only-serving", action="store_true", help="only benchmarks/serving.py")
+    serving.add_arguments(parser)
     args = parser.parse_args()
     # Feast and ibis warn about their own APIs on every call; the figures are what this prints.
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -124,6 +134,13 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {platform.platform()}"
     )
+    if not args.only_serving:
+        store_figures(args)
+    if not args.skip_serving:
+        serving.run(args)
+
+
+def store_figures(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         frame = synthetic_events(args.events)
