@@ -262,6 +262,8 @@ class PlanStore:
             query = query.where(PlanItemRow.user_id.in_(user_ids or []))
         with self.session() as session:
             rows = session.execute(query).all()
+            if not rows:  # the common case on a hot path: nothing held, no frame work
+                return pd.DataFrame(columns=list(HELD_COLUMNS))
             held = pd.DataFrame(rows, columns=[*HELD_COLUMNS[:5], "p_click", "state"])
             others = {
                 row.campaign_id: Campaign.model_validate(row.spec)
