@@ -383,11 +383,10 @@ def plan_command(
 
     from dispatch.plan_store import PlanStore, migrate
     from features.store import feature_store
-    from pushplan.caps import FrequencyCap
     from pushplan.domain import Campaign
     from serving.audience import build_audience
+    from serving.capped_plan import plan_within_caps
     from serving.models import ModelSet
-    from serving.planner import arbitrate_caps, plan
 
     settings = get_settings()
     try:
@@ -417,17 +416,7 @@ def plan_command(
     )
     # Other campaigns' stored sends bind this plan's caps, as they do in the service.
     migrate(settings)
-    store = PlanStore(settings)
-    cap = FrequencyCap.of(settings, campaign)
-    arbitrated = arbitrate_caps(
-        campaign,
-        plan(campaign, audience, moment, seed=seed),
-        audience,
-        moment,
-        cap,
-        store.held_sends(campaign, ids),
-        dispatched=store.sends_kept(campaign.campaign_id, ids) if cap.campaign_total is not None else 0,
-    )
+    arbitrated = plan_within_caps(PlanStore(settings), settings, campaign, audience, moment, seed=seed)
     items = arbitrated.items
     if arbitrated.displaced:
         out.print(f"would displace {len(arbitrated.displaced):,} weaker sends of other campaigns (caps)")

@@ -10,11 +10,10 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from dispatch.plan_store import missing_to_none
 from features.store import feature_store
-from pushplan.caps import FrequencyCap
 from pushplan.domain import Decision, Instant, PlanItem, Reason
 from serving.audience import build_audience
+from serving.capped_plan import plan_within_caps
 from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole
-from serving.planner import arbitrate_caps, plan
 
 router = APIRouter(tags=["plans"])
 MAX_USERS = 10_000
@@ -66,16 +65,7 @@ def create_plan(
     now = body.now or datetime.now(UTC)
     user_ids = list(dict.fromkeys(body.user_ids))
     audience = build_audience(feature_store(settings), settings, models, campaign, user_ids, now)
-    cap = FrequencyCap.of(settings, campaign)
-    arbitrated = arbitrate_caps(
-        campaign,
-        plan(campaign, audience, now, seed=body.seed),
-        audience,
-        now,
-        cap,
-        store.held_sends(campaign, user_ids),
-        dispatched=store.sends_kept(campaign.campaign_id, user_ids) if cap.campaign_total is not None else 0,
-    )
+    arbitrated = plan_within_caps(store, settings, campaign, audience, now, seed=body.seed)
     items = arbitrated.items
     if not body.dry_run:
         store.save_items(items, arbitrated.displaced)
