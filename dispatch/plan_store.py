@@ -50,6 +50,7 @@ class CampaignRow(Base):
     campaign_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(500))
     status: Mapped[str] = mapped_column(sa.String(20), default="active")
+    dispatch_state: Mapped[str] = mapped_column(sa.String(12), default="idle")  # DispatchState
     spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
@@ -73,6 +74,63 @@ class PlanItemRow(Base):
     propensity: Mapped[float | None] = mapped_column(sa.Float)
     model_versions: Mapped[dict[str, str]] = mapped_column(sa.JSON)
     state: Mapped[str] = mapped_column(sa.String(12), index=True)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
+    detail: Mapped[str | None] = mapped_column(sa.String(500))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    fallback_step: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # Dispatch's fencing token: the due-scan writes a new one each time it hands the item to a task,
+    # and only the task holding the current one may record what happened (dispatch.sending).
+    claim: Mapped[str | None] = mapped_column(sa.String(36))
+    lease_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    opened_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class CapLedgerRow(Base):
+    """The `local` profile's frequency-cap ledger: one row per reserved send (dispatch.ledger)."""
+
+    __tablename__ = "cap_ledger"
+
+    send_id: Mapped[str] = mapped_column(sa.String(48), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    campaign_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    channel: Mapped[str] = mapped_column(sa.String(20))
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class DispatchEventRow(Base):
+    """Events dispatch owes the event store, written in the same transaction as the send's record
+    (an outbox), and flushed to the event store by a periodic task: none is lost if a worker dies."""
+
+    __tablename__ = "dispatch_events"
+
+    event_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(200))
+    event_type: Mapped[str] = mapped_column(sa.String(20))
+    timestamp: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    campaign_id: Mapped[str | None] = mapped_column(sa.String(200))
+    variant_id: Mapped[str | None] = mapped_column(sa.String(200))
+    channel: Mapped[str | None] = mapped_column(sa.String(20))
+    propensity: Mapped[float | None] = mapped_column(sa.Float)
+    flushed: Mapped[bool] = mapped_column(sa.Boolean, default=False, index=True)
+
+
+class PlanJobRow(Base):
+    """A whole-audience plan, partitioned into Celery tasks (dispatch.plan_jobs)."""
+
+    __tablename__ = "plan_jobs"
+
+    job_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("campaigns.campaign_id"))
+    state: Mapped[str] = mapped_column(sa.String(12))
+    partitions: Mapped[int] = mapped_column(sa.Integer)
+    partitions_done: Mapped[int] = mapped_column(sa.Integer)
+    users: Mapped[int] = mapped_column(sa.Integer)
+    users_planned: Mapped[int] = mapped_column(sa.Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    error: Mapped[str | None] = mapped_column(sa.String(2000))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
@@ -129,10 +187,35 @@ def _adopt_shared_version_table(config: Config, url: str) -> None:
             continue
 
 
+def _engine(url: str) -> sa.Engine:
+    """An engine for the store; on SQLite, one on which several processes (API, workers, beat) can write.
+
+    pysqlite opens transactions lazily and as DEFERRED, so two writers that both read first deadlock
+    on the upgrade to a write lock; SQLAlchemy's documented recipe is to take the driver's hands off
+    and begin each transaction IMMEDIATE, which waits (up to `timeout`) for the other writer instead.
+    WAL lets readers go on while one writes.
+    """
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("pragma journal_mode=wal")
+        dbapi_connection.execute("pragma synchronous=normal")
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("begin immediate")
+
+    return engine
+
+
 class PlanStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = sa.create_engine(database_url(settings), pool_pre_ping=True)
+        self.engine = _engine(database_url(settings))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -321,7 +404,10 @@ def missing_to_none(record: dict[str, Any]) -> dict[str, Any]:
 
 def _from_row(row: PlanItemRow) -> dict[str, Any]:
     values = {column.name: getattr(row, column.name) for column in PlanItemRow.__table__.columns}
-    values.pop("updated_at")
+    for internal in ("updated_at", "claim", "lease_until", "opened_at"):
+        values.pop(internal)
+    if values["sent_at"] is not None and values["sent_at"].tzinfo is None:
+        values["sent_at"] = values["sent_at"].replace(tzinfo=UTC)
     if values["send_at"] is not None and values["send_at"].tzinfo is None:
         values["send_at"] = values["send_at"].replace(tzinfo=UTC)  # SQLite keeps no zone; we store UTC
     return values

@@ -445,6 +445,102 @@ def _print_plan_summary(items: Any, title: str) -> None:
             out.print(f"  {hour:02d}:00 {'█' * max(1, round(40 * count / top))} {count:,}", highlight=False)
 
 
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+    queues: Annotated[str, typer.Option(help="Queues to consume, comma-separated.")] = "scans,sends,plans",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+) -> None:
+    """Run a Celery worker: sends plan items, plans audience partitions, runs the due-scans beat asks for."""
+    from dispatch.celery_app import app as celery
+
+    celery.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--queues={queues}",
+            f"--loglevel={loglevel}",
+            # Gossip, mingle and remote control need broadcast queues, which the local profile's
+            # filesystem broker lacks; dispatch needs none of them (the plan store holds all state).
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info") -> None:
+    """Run Celery beat: the periodic due-scan (PUSHPLAN_DISPATCH_SCAN_SECONDS) and the event flush."""
+    from dispatch.celery_app import app as celery
+
+    celery.start(["beat", f"--loglevel={loglevel}"])
+
+
+campaign_app = typer.Typer(help="Start, pause, resume or cancel a campaign's sends.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+def _control(campaign_id: str, action: str) -> None:
+    from dispatch.control import NoSuchCampaign, TransitionRefused, control
+    from dispatch.plan_store import PlanStore, migrate
+
+    settings = get_settings()
+    migrate(settings)
+    try:
+        state, cancelled = control(PlanStore(settings), campaign_id, action)
+    except (NoSuchCampaign, TransitionRefused) as exc:
+        err.print(f"[red]{exc}[/]", highlight=False)
+        raise typer.Exit(code=2) from None
+    extra = f"; {cancelled:,} items cancelled" if action == "cancel" else ""
+    out.print(f"campaign {campaign_id!r} is {state.value}{extra}", highlight=False)
+    campaign_status(campaign_id)
+
+
+@campaign_app.command("dispatch")
+def campaign_dispatch(campaign_id: str) -> None:
+    """Start sending: planned items go out as they fall due (needs `pushplan worker` and `pushplan beat`)."""
+    _control(campaign_id, "dispatch")
+
+
+@campaign_app.command("pause")
+def campaign_pause(campaign_id: str) -> None:
+    """Hold the campaign's sends until resumed."""
+    _control(campaign_id, "pause")
+
+
+@campaign_app.command("resume")
+def campaign_resume(campaign_id: str) -> None:
+    """Go on sending after a pause."""
+    _control(campaign_id, "resume")
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(campaign_id: str) -> None:
+    """Stop for good: items not yet handed to a channel are cancelled and never sent."""
+    _control(campaign_id, "cancel")
+
+
+@campaign_app.command("status")
+def campaign_status(campaign_id: str) -> None:
+    """The campaign's items by decision, state and reason."""
+    from dispatch.control import item_states
+    from dispatch.plan_store import PlanStore, migrate
+
+    settings = get_settings()
+    migrate(settings)
+    counts = item_states(PlanStore(settings), campaign_id)
+    _print_dispatch_counts(counts, f"{campaign_id}: items by state")
+
+
+def _print_dispatch_counts(counts: Any, title: str) -> None:
+    table = Table(title=title)
+    for column in ("decision", "state", "reason", "items"):
+        table.add_column(column, justify="right" if column == "items" else "left")
+    for row in counts.sort_values(["decision", "state", "reason"], na_position="first").itertuples():
+        table.add_row(row.decision, row.state, row.reason or "", f"{row.items:,}")
+    out.print(table)
+
+
 keys_app = typer.Typer(help="API keys for the HTTP service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -36,6 +36,7 @@ class EventType(StrEnum):
     unsubscribed = "unsubscribed"
     opt_out = "opt_out"
     opt_in = "opt_in"
+    push_failed = "push_failed"  # dispatch gave up on a send: the channel refused it or kept failing
 
 
 class Channel(StrEnum):
@@ -65,6 +66,10 @@ class Reason(StrEnum):
     no_window = "no_window"
     exploration = "exploration"
     deferred = "deferred"  # a send moved off its best slot so that it stays within the caps
+    # Set by dispatch, on items that were planned to be sent:
+    cancelled = "cancelled"  # the campaign was cancelled before the item was handed to its channel
+    expired = "expired"  # its window had ended before dispatch reached it (paused, or a backlog)
+    send_failed = "send_failed"  # the channel refused it, or failed transiently too many times
 
 
 class ItemState(StrEnum):
@@ -93,6 +98,12 @@ class PlanItem(BaseModel):
     propensity: float | None = Field(default=None, gt=0.0, le=1.0)
     model_versions: dict[str, str] = Field(default_factory=dict)
     state: ItemState = ItemState.planned
+    timezone: str | None = Field(default=None, description="The user's IANA zone the plan was made in.")
+    # What dispatch did: channel calls made, when it was sent, and why it was suppressed or failed.
+    attempts: int = 0
+    fallback_step: int = Field(default=0, description="0: the first channel; n: the n-th fallback re-send.")
+    sent_at: AwareDatetime | None = None
+    detail: str | None = Field(default=None, description="Which cap, or the channel's error, in words.")
 
 
 class Objective(StrEnum):

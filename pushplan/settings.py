@@ -6,13 +6,18 @@ importing any module never reads the environment or touches the disk.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from enum import StrEnum
-from functools import lru_cache
+from functools import lru_cache, wraps
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+T = TypeVar("T")
 
 
 class Profile(StrEnum):
@@ -61,6 +66,55 @@ class Settings(BaseSettings):
     )
     cap_min_gap_minutes: int = Field(
         default=120, ge=0, description="Least time between two messages to the same user."
+    )
+
+    dispatch_chunk: int = Field(
+        default=500, ge=1, le=10_000, description="Plan items per send task: one claim, one cap pipeline."
+    )
+    dispatch_scan_seconds: float = Field(
+        default=5.0, gt=0, description="How often beat's due-scan moves due plan items to `queued`."
+    )
+    dispatch_lease_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A queued item not finished within this is queued again by the due-scan (a worker "
+        "died, or the broker lost the message); the plan item id keeps it from being sent twice.",
+    )
+    dispatch_max_in_flight: int = Field(
+        default=50_000,
+        ge=1,
+        description="Most items queued at once: the due-scan tops the queue up to this. Keep it below "
+        "what the workers send within a lease, or waiting items lapse and are handed out again.",
+    )
+    dispatch_max_attempts: int = Field(
+        default=5, ge=1, description="Channel calls per send before a transient error becomes `failed`."
+    )
+    dispatch_retry_seconds: float = Field(
+        default=30.0, gt=0, description="First retry delay after a transient error; doubles each attempt."
+    )
+    quiet_start_hour: int = Field(default=22, ge=0, le=23, description="Quiet hours start (user's local).")
+    quiet_end_hour: int = Field(default=8, ge=0, le=23, description="Quiet hours end (exclusive).")
+
+    webhook_url: str | None = Field(default=None, description="Where the `webhook` channel POSTs.")
+    webhook_secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key that signs webhook bodies (X-Pushplan-Signature)."
+    )
+    smtp_host: str = Field(default="127.0.0.1", description="SMTP server of the `email` channel.")
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_sender: str = Field(default="pushplan@localhost", description="From: address of emails.")
+    fcm_url: str = Field(
+        default="https://fcm.googleapis.com",
+        description="Base URL of the FCM HTTP v1 API (a stub's in tests).",
+    )
+    fcm_project: str | None = Field(default=None, description="Firebase project id of the `push` channel.")
+    fcm_token: str | None = Field(default=None, description="OAuth bearer token for FCM.")
+    sms_url: str | None = Field(default=None, description="Where the `sms` channel POSTs.")
+    sms_token: str | None = Field(default=None, description="Bearer token of the SMS provider.")
+    channel_timeout_seconds: float = Field(default=10.0, gt=0, description="Per channel call.")
+    channel_rate_per_second: dict[str, float] = Field(
+        default_factory=lambda: {"push": 500.0, "sms": 20.0, "email": 50.0, "webhook": 200.0},
+        description="Most calls per second per channel, across all workers (JSON; a missing channel "
+        "is unlimited).",
     )
 
     feast_project: str = Field(
@@ -135,6 +189,11 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / local_file).resolve()}"
 
     @property
+    def sandbox_dir(self) -> Path:
+        """Where the `sandbox` channel appends its messages (outbox.jsonl): the demo's push."""
+        return self.data_dir / "sandbox"
+
+    @property
     def feast_dir(self) -> Path:
         """Feast's registry, the local online store and the feature tables it reads offline."""
         return self.data_dir / "feast"
@@ -163,3 +222,20 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read from the environment on first use."""
     return Settings()
+
+
+def per_settings(build: Callable[[Settings], T]) -> Callable[[Settings], T]:
+    """Cache `build(settings)` per configuration and process: settings are not hashable (a pydantic
+    model), so they are keyed by their JSON; for the stores, ledgers and clients a worker reuses."""
+    built: dict[str, T] = {}
+    lock = threading.Lock()
+
+    @wraps(build)
+    def cached(settings: Settings) -> T:
+        key = settings.model_dump_json()
+        with lock:
+            if key not in built:
+                built[key] = build(settings)
+            return built[key]
+
+    return cached

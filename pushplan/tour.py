@@ -61,6 +61,30 @@ def running_service(data_dir: Path, api_key: str, ready_within_s: float = 120.0)
             process.wait()
 
 
+@contextmanager
+def running_worker(
+    data_dir: Path, concurrency: int = 2, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`pushplan worker` as its own process until the block ends (a real Celery worker, not eager mode);
+    its log goes to `<data_dir>/worker.log`."""
+    log = data_dir / "worker.log"
+    pushplan = Path(sys.executable).with_name("pushplan")
+    command = [str(pushplan), "worker", "--concurrency", str(concurrency)]
+    with log.open("a") as sink:
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=env or dict(os.environ)
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()  # Celery's warm shutdown: finishes the tasks it holds
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _wait_ready(service: RunningService, process: subprocess.Popen[bytes], within_s: float) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:

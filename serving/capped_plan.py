@@ -9,7 +9,7 @@ from dispatch.plan_store import PlanStore
 from pushplan.caps import FrequencyCap
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
-from serving.planner import Arbitration, Audience, arbitrate_caps, plan
+from serving.planner import Arbitration, Audience, QuietHours, arbitrate_caps, plan
 
 
 def plan_within_caps(
@@ -25,12 +25,14 @@ def plan_within_caps(
     user_ids = audience.users["user_id"].astype(str).tolist()
     cap = FrequencyCap.of(settings, campaign)
     kept = store.sends_kept(campaign.campaign_id, user_ids) if cap.campaign_total is not None else 0
+    quiet = QuietHours(settings.quiet_start_hour, settings.quiet_end_hour)
     return arbitrate_caps(
         campaign,
-        plan(campaign, audience, now, seed=seed),
+        plan(campaign, audience, now, seed=seed, quiet=quiet),
         audience,
         now,
         cap,
         store.held_sends(campaign, user_ids),
+        quiet=quiet,
         dispatched=kept,
     )

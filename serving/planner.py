@@ -227,6 +227,7 @@ def plan(
             "propensity": propensity,
             "model_versions": [dict(audience.model_versions) for _ in range(n)],
             "state": state,
+            "timezone": users["timezone"].astype(str).to_numpy(),
         }
     )
 

@@ -10,9 +10,10 @@ import pandas as pd
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
+from dispatch.control import mark_opened
 from features.event_store import EventStore, ImportRefused
 from features.store import feature_store, push_events
-from serving.deps import BODY_RESPONSES, CampaignRole
+from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep
 
 router = APIRouter(tags=["events"])
 
@@ -68,8 +69,9 @@ REFUSED = {
 
 
 @router.post("/v1/events", response_model=EventsAccepted, responses=BODY_RESPONSES | {422: REFUSED})
-def post_events(body: EventsBatch, request: Request, _: CampaignRole) -> EventsAccepted:
-    """Store a batch of events (idempotent on event_id) and fold sends and clicks into online fatigue."""
+def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: CampaignRole) -> EventsAccepted:
+    """Store a batch of events (idempotent on event_id), fold sends and clicks into online fatigue, and
+    note opens on their plan items (a campaign's fallback re-sends only what was not opened)."""
     settings = request.app.state.settings
     frame = pd.DataFrame(body.events).astype(object).where(lambda f: f.notna(), None)
     # The same path as a file import, so the same validation, messages and whole-or-nothing rule.
@@ -88,4 +90,5 @@ def post_events(body: EventsBatch, request: Request, _: CampaignRole) -> EventsA
             settings,
             frame.assign(timestamp=pd.to_datetime(frame["timestamp"], utc=True)),
         )
+        mark_opened(store, frame)
     return EventsAccepted(received=result.rows, stored=result.stored, already_stored=result.already_stored)

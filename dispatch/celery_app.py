@@ -1,0 +1,77 @@
+"""The Celery app: configured from settings when first used, never at import (STYLE.md, "Celery").
+
+Broker by profile (DESIGN.md, "Profiles"): Redis in `production`; in `local`, kombu's filesystem
+transport under `<data_dir>/broker`, which needs no server yet runs a real worker process. Messages
+are JSON only and carry ids, never objects; results are not kept (state lives in the plan store).
+Send and plan tasks are idempotent, so they are acknowledged late and requeued if their worker is
+lost; beat's due-scan is what makes dispatch exactly-once-per-item, so no ETAs are ever sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from pushplan.settings import Profile, Settings, get_settings
+
+QUEUES = ("scans", "sends", "plans")
+
+app = Celery("pushplan")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    if settings.profile is Profile.production:
+        assert settings.redis_url
+        broker: dict[str, Any] = {
+            "broker_url": settings.redis_url,
+            # Unacked messages of a dead worker come back after this; the plan store's lease
+            # (dispatch_lease_seconds) usually re-queues their items sooner.
+            "broker_transport_options": {"visibility_timeout": 3600},
+        }
+    else:
+        folder = (settings.data_dir / "broker").resolve()
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        broker = {
+            "broker_url": "filesystem://",
+            "broker_transport_options": {
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                "processed_folder": str(folder / "processed"),
+                "store_processed": False,
+                "polling_interval": 0.1,
+            },
+        }
+    return broker | {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        # Remote control needs broadcast queues, which the filesystem transport lacks.
+        "worker_enable_remote_control": settings.profile is Profile.production,
+        "task_default_queue": "sends",
+        "task_routes": {
+            "dispatch.tasks.due_scan_task": {"queue": "scans"},
+            "dispatch.tasks.flush_events_task": {"queue": "scans"},
+            "dispatch.tasks.send_chunk_task": {"queue": "sends"},
+            "dispatch.tasks.plan_partition_task": {"queue": "plans"},
+        },
+        "beat_schedule": {
+            "due-scan": {"task": "dispatch.tasks.due_scan_task", "schedule": settings.dispatch_scan_seconds},
+            "flush-events": {"task": "dispatch.tasks.flush_events_task", "schedule": 10.0},
+        },
+        "beat_schedule_filename": str((settings.data_dir / "celerybeat-schedule").resolve()),
+        "imports": ["dispatch.tasks"],
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))

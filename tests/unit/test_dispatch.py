@@ -1,0 +1,350 @@
+"""The send step and the due-scan on the local profile (SQLite store and ledger), without a broker:
+what each item ends as, caps, idempotency, leases, retries, control, fallback and the event outbox."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from dispatch import sending
+from dispatch.channels import Message, Outcome
+from dispatch.control import TransitionRefused, control, flush_events, item_states, mark_opened
+from dispatch.ledger import SqlLedger
+from dispatch.plan_store import DispatchEventRow, PlanItemRow, PlanStore, migrate
+from dispatch.sending import scan_due, send_chunk
+from features.event_store import EventStore
+from pushplan.settings import Settings
+from tests.dispatch_setup import campaign, send_items, store_campaign
+
+START = datetime(2026, 11, 20, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(settings: Settings) -> PlanStore:
+    migrate(settings)
+    return PlanStore(settings)
+
+
+def run_due(store: PlanStore, settings: Settings, as_of: datetime) -> Counter[str]:
+    """One due-scan and every chunk it queued, sent in this process: what a worker would do."""
+    counts: Counter[str] = Counter()
+    for chunk in scan_due(store, settings, as_of=as_of):
+        counts.update(send_chunk(store, settings, chunk.plan_ids, chunk.claim, as_of).counts)
+    return counts
+
+
+def states(store: PlanStore, campaign_id: str) -> dict[tuple[str, str | None], int]:
+    frame = item_states(store, campaign_id)
+    return {(r.state, r.reason): int(r.items) for r in frame.itertuples()}
+
+
+def outbox(settings: Settings) -> list[dict[str, str]]:
+    path = settings.sandbox_dir / "outbox.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_due_items_of_a_running_campaign_are_sent_once(store: PlanStore, settings: Settings) -> None:
+    c = campaign("c1", START)
+    users = [f"u{i}" for i in range(10)]
+    store_campaign(store, c, send_items(c, users, [START + timedelta(hours=i % 3) for i in range(10)]))
+    assert run_due(store, settings, START + timedelta(hours=5)) == Counter()  # not started: nothing moves
+    control(store, "c1", "dispatch")
+    first = run_due(store, settings, START + timedelta(hours=1))
+    assert first["sent"] == 7  # hours 0 and 1 are due; hour 2 is not yet
+    assert run_due(store, settings, START + timedelta(hours=3))["sent"] == 3
+    assert run_due(store, settings, START + timedelta(hours=4)) == Counter()
+    assert states(store, "c1") == {("sent", None): 10}
+    sent = outbox(settings)
+    assert sorted(m["user_id"] for m in sent) == sorted(users)
+    assert {m["idempotency_key"] for m in sent} == {m["plan_id"] for m in sent}
+
+
+def test_a_chunk_delivered_twice_or_with_a_stale_claim_sends_nothing_more(
+    store: PlanStore, settings: Settings
+) -> None:
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b"], [START, START]))
+    control(store, "c1", "dispatch")
+    (chunk,) = scan_due(store, settings, as_of=START)
+    assert send_chunk(store, settings, chunk.plan_ids, "not-the-claim", START).counts == Counter()
+    assert send_chunk(store, settings, chunk.plan_ids, chunk.claim, START).counts["sent"] == 2
+    assert send_chunk(store, settings, chunk.plan_ids, chunk.claim, START).counts == Counter()  # redelivered
+    assert len(outbox(settings)) == 2
+
+
+def test_a_lapsed_lease_requeues_under_a_new_claim_and_the_old_one_is_fenced_off(
+    store: PlanStore, settings: Settings
+) -> None:
+    """A worker that died holding a chunk: the scan hands its items out again once the lease lapses."""
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b"], [START, START]))
+    control(store, "c1", "dispatch")
+    (lost,) = scan_due(store, settings, as_of=START)
+    assert scan_due(store, settings, as_of=START) == []  # still leased
+    with store.session() as session:
+        session.execute(sa.update(PlanItemRow).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))
+    (again,) = scan_due(store, settings, as_of=START)
+    assert again.claim != lost.claim and sorted(again.plan_ids) == sorted(lost.plan_ids)
+    assert send_chunk(store, settings, lost.plan_ids, lost.claim, START).counts == Counter()
+    assert send_chunk(store, settings, again.plan_ids, again.claim, START).counts["sent"] == 2
+
+
+def test_a_send_reserved_by_a_killed_attempt_is_sent_again_with_its_key_and_recorded_once(
+    store: PlanStore, settings: Settings
+) -> None:
+    """The gap of the delivery guarantee: reserved (and maybe delivered), then the worker died. The
+    retry finds the reservation, calls the channel with the same key; the sandbox keeps one copy."""
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a"], [START]))
+    control(store, "c1", "dispatch")
+    assert len(scan_due(store, settings, as_of=START)) == 1
+    with store.session() as session:
+        row = session.scalars(sa.select(PlanItemRow)).one()
+        pending = sending._pending(row, c, settings, START)
+    SqlLedger(store).reserve([pending.reservation])
+    sending._call_channels(settings, [pending.message])  # delivered, then the worker was killed
+    with store.session() as session:
+        session.execute(sa.update(PlanItemRow).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))
+    (again,) = scan_due(store, settings, as_of=START)
+    assert send_chunk(store, settings, again.plan_ids, again.claim, START).counts["sent"] == 1
+    assert len(outbox(settings)) == 1
+    with store.session() as session:
+        assert (
+            session.scalar(sa.select(sa.func.count()).select_from(DispatchEventRow)) == 2
+        )  # sent, delivered
+
+
+def test_caps_bind_across_campaigns_and_say_which_cap(store: PlanStore, settings: Settings) -> None:
+    """Three campaigns want user u at once: the min gap lets one through; without a gap, the per
+    channel day cap (2) lets two; a campaign total of 1 caps the second user of that campaign."""
+    for name in ("c1", "c2", "c3"):
+        c = campaign(name, START)
+        store_campaign(store, c, send_items(c, ["u"], [START], zones=["UTC"]))
+        control(store, name, "dispatch")
+    counts = run_due(store, settings, START)
+    assert counts["sent"] == 1 and counts["suppressed:capped"] == 2
+    with store.session() as session:
+        details = set(session.scalars(sa.select(PlanItemRow.detail).where(PlanItemRow.state == "suppressed")))
+    assert details == {"cap min_gap"}
+
+    no_gap = settings.model_copy(update={"cap_min_gap_minutes": 0})
+    for name in ("d1", "d2", "d3"):
+        c = campaign(name, START + timedelta(days=7), caps={"campaign_total": 1})
+        store_campaign(store, c, send_items(c, ["v", "w"], [c.window.start] * 2, zones=["UTC"] * 2))
+        control(store, name, "dispatch")
+    counts = run_due(store, no_gap, START + timedelta(days=7))
+    assert counts["sent"] == 3  # one per campaign (its total), each to v or w
+    per_user = Counter(m["user_id"] for m in outbox(settings) if m["campaign_id"].startswith("d"))
+    assert max(per_user.values()) <= no_gap.cap_per_channel_day
+
+
+def test_quiet_hours_are_checked_in_the_users_zone_at_send_time(store: PlanStore, settings: Settings) -> None:
+    """Planned for 21:00 local, dispatched late at 22:30 local: suppressed, with the local time."""
+    c = campaign("c1", datetime(2026, 11, 20, tzinfo=UTC))
+    berlin = datetime(2026, 11, 20, 20, tzinfo=UTC)  # 21:00 in Berlin (UTC+1)
+    kolkata = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)  # 21:00 in Kolkata (UTC+5:30)
+    items = send_items(c, ["b", "k"], [berlin, kolkata], zones=["Europe/Berlin", "Asia/Kolkata"])
+    store_campaign(store, c, items)
+    control(store, "c1", "dispatch")
+    counts = run_due(store, settings, datetime(2026, 11, 20, 17, tzinfo=UTC))  # 22:30 Kolkata; 18:00 Berlin
+    assert counts == Counter({"suppressed:quiet_hours": 1})
+    assert run_due(store, settings, berlin)["sent"] == 1
+    with store.session() as session:
+        detail = session.scalar(sa.select(PlanItemRow.detail).where(PlanItemRow.user_id == "k"))
+    assert detail == "22:30 local in Asia/Kolkata"
+
+
+@pytest.mark.parametrize(
+    ("as_of", "zone", "quiet"),
+    [
+        # New York leaves summer time on 2026-11-01 at 02:00 local (06:00 UTC).
+        (datetime(2026, 11, 1, 1, 59, tzinfo=UTC), "America/New_York", False),  # 21:59 EDT
+        (datetime(2026, 11, 1, 2, 0, tzinfo=UTC), "America/New_York", True),  # 22:00 EDT
+        (datetime(2026, 11, 1, 12, 0, tzinfo=UTC), "America/New_York", True),  # 07:00 EST (08:00 in EDT)
+        (datetime(2026, 11, 1, 12, 59, tzinfo=UTC), "America/New_York", True),  # 07:59 EST
+        (datetime(2026, 11, 1, 13, 0, tzinfo=UTC), "America/New_York", False),  # 08:00 EST
+        (datetime(2026, 11, 2, 2, 30, tzinfo=UTC), "America/New_York", False),  # 21:30 EST (UTC-5)
+        (datetime(2026, 11, 2, 3, 0, tzinfo=UTC), "America/New_York", True),  # 22:00 EST
+        # Berlin enters summer time on 2026-03-29 at 02:00 local (01:00 UTC).
+        (datetime(2026, 3, 29, 6, 0, tzinfo=UTC), "Europe/Berlin", False),  # 08:00 CEST
+        (datetime(2026, 3, 29, 5, 59, tzinfo=UTC), "Europe/Berlin", True),  # 07:59 CEST
+        (datetime(2026, 3, 28, 6, 59, tzinfo=UTC), "Europe/Berlin", True),  # 07:59 CET the day before
+        (datetime(2026, 3, 28, 7, 0, tzinfo=UTC), "Europe/Berlin", False),  # 08:00 CET
+    ],
+)
+def test_quiet_hours_across_a_daylight_saving_change(
+    store: PlanStore, settings: Settings, as_of: datetime, zone: str, quiet: bool
+) -> None:
+    c = campaign("c1", as_of - timedelta(hours=12), days=1)
+    store_campaign(store, c, send_items(c, ["u"], [as_of - timedelta(minutes=1)], zones=[zone]))
+    control(store, "c1", "dispatch")
+    counts = run_due(store, settings, as_of)
+    assert counts == Counter({"suppressed:quiet_hours": 1} if quiet else {"sent": 1})
+
+
+def test_pause_holds_sends_resume_releases_them_cancel_is_final(store: PlanStore, settings: Settings) -> None:
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b", "c"], [START, START, START + timedelta(hours=2)]))
+    control(store, "c1", "dispatch")
+    chunks = scan_due(store, settings, as_of=START)
+    control(store, "c1", "pause")  # the chunk is already queued when the pause lands
+    held = send_chunk(store, settings, chunks[0].plan_ids, chunks[0].claim, START)
+    assert held.counts == Counter({"held_back": 2})
+    assert run_due(store, settings, START) == Counter()
+    control(store, "c1", "resume")
+    assert run_due(store, settings, START)["sent"] == 2
+    _, cancelled = control(store, "c1", "cancel")
+    assert cancelled == 1
+    assert run_due(store, settings, START + timedelta(hours=3)) == Counter()
+    assert states(store, "c1") == {("sent", None): 2, ("cancelled", "cancelled"): 1}
+    with pytest.raises(TransitionRefused, match="cancelled"):
+        control(store, "c1", "resume")
+
+
+def test_a_cancel_landing_while_items_are_queued_stops_them(store: PlanStore, settings: Settings) -> None:
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b"], [START, START]))
+    control(store, "c1", "dispatch")
+    (chunk,) = scan_due(store, settings, as_of=START)
+    control(store, "c1", "cancel")
+    assert send_chunk(store, settings, chunk.plan_ids, chunk.claim, START).counts == Counter()
+    assert states(store, "c1") == {("cancelled", "cancelled"): 2}
+    assert outbox(settings) == []
+
+
+def test_items_reached_after_their_window_expire(store: PlanStore, settings: Settings) -> None:
+    c = campaign("c1", START, days=1)
+    store_campaign(store, c, send_items(c, ["a"], [START]))
+    control(store, "c1", "dispatch")
+    assert run_due(store, settings, START + timedelta(days=2)) == Counter({"suppressed:expired": 1})
+
+
+class Scripted:
+    """A channel answering from a script per call: the stand-in for a provider's errors."""
+
+    name = "webhook"
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    def send(self, messages: list[Message]) -> list[Outcome]:
+        outcomes = []
+        for message in messages:
+            answer = self.answers.pop(0)
+            self.calls.append(message.send_id)
+            outcomes.append(
+                Outcome(
+                    message.send_id, ok=answer == "ok", transient=answer == "503", reason=f"http_{answer}"
+                )
+            )
+        return outcomes
+
+
+def _lapse(store: PlanStore) -> None:
+    with store.session() as session:
+        session.execute(
+            sa.update(PlanItemRow)
+            .where(PlanItemRow.state == "queued")
+            .values(lease_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
+
+
+def test_transient_failures_retry_after_a_delay_then_fail_and_release_their_caps(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings.model_copy(update={"dispatch_max_attempts": 3, "cap_min_gap_minutes": 0})
+    channel = Scripted(["503", "503", "ok", *["503"] * 5, "400"])
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, ["a"], [START], zones=["UTC"]))
+    control(store, "c1", "dispatch")
+    assert run_due(store, settings, START) == Counter({"retry": 1})
+    assert run_due(store, settings, START) == Counter()  # waiting out its delay
+    with store.session() as session:
+        row = session.scalars(sa.select(PlanItemRow)).one()
+        delay = row.lease_until.replace(tzinfo=UTC) - datetime.now(UTC)
+    assert (
+        timedelta(seconds=settings.dispatch_retry_seconds - 5)
+        < delay
+        <= timedelta(seconds=settings.dispatch_retry_seconds)
+    )
+    _lapse(store)
+    assert run_due(store, settings, START) == Counter({"retry": 1})
+    _lapse(store)
+    assert run_due(store, settings, START) == Counter({"sent": 1})
+    assert states(store, "c1") == {("sent", None): 1}
+
+    d = campaign("d1", START, channels=["webhook"])
+    store_campaign(store, d, send_items(d, ["a", "b"], [START, START], zones=["UTC"] * 2))
+    control(store, "d1", "dispatch")
+    run_due(store, settings, START)  # a: 503 (retry); b: 503 (retry)
+    for _ in range(2):
+        _lapse(store)
+        run_due(store, settings, START)  # attempt 2: both 503; attempt 3: one 503, one 400: both final
+    assert states(store, "d1") == {("failed", "send_failed"): 2}
+    assert SqlLedger(store).reserve([]) == []
+    with store.session() as session:
+        held = session.scalar(sa.text("select count(*) from cap_ledger where campaign_id = 'd1'"))
+        failures = session.scalar(
+            sa.select(sa.func.count()).where(DispatchEventRow.event_type == "push_failed")
+        )
+    assert held == 0 and failures == 2  # no cap held by a failed send; each failure is an event
+
+
+def test_an_unconfigured_channel_fails_its_items_with_the_reason(
+    store: PlanStore, settings: Settings
+) -> None:
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, ["a"], [START]))
+    control(store, "c1", "dispatch")
+    assert run_due(store, settings, START) == Counter({"failed:not_configured": 1})
+    with store.session() as session:
+        detail = session.scalar(sa.select(PlanItemRow.detail))
+    assert "PUSHPLAN_WEBHOOK_URL" in detail
+
+
+def test_fallback_resends_unopened_items_on_the_next_channel(store: PlanStore, settings: Settings) -> None:
+    c = campaign("c1", START, channels=["sandbox", "webhook"], fallback_after="PT2H")
+    store_campaign(store, c, send_items(c, ["opens", "ignores"], [START, START], zones=["UTC"] * 2))
+    control(store, "c1", "dispatch")
+    assert run_due(store, settings, START)["sent"] == 2
+    mark_opened(
+        store,
+        pd.DataFrame(
+            {
+                "event_type": ["push_opened"],
+                "user_id": ["opens"],
+                "campaign_id": ["c1"],
+                "timestamp": [START + timedelta(minutes=10)],
+            }
+        ),
+    )
+    assert run_due(store, settings, START + timedelta(hours=1)) == Counter()  # not yet 2 hours
+    # The fallback channel is not configured here, so its send fails; what matters is that it was tried.
+    assert run_due(store, settings, START + timedelta(hours=2, minutes=5)) == Counter(
+        {"failed:not_configured": 1}
+    )
+    with store.session() as session:
+        rows = {r.user_id: r for r in session.scalars(sa.select(PlanItemRow))}
+    assert rows["ignores"].channel == "webhook" and rows["ignores"].fallback_step == 1
+    assert rows["opens"].channel == "sandbox" and rows["opens"].state == "sent"
+
+
+def test_the_event_outbox_flushes_into_the_event_store_once(store: PlanStore, settings: Settings) -> None:
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b"], [START, START]))
+    control(store, "c1", "dispatch")
+    run_due(store, settings, START)
+    assert flush_events(store, settings) == 4
+    assert flush_events(store, settings) == 0
+    events = EventStore(settings).read_events()
+    assert Counter(events["event_type"]) == Counter({"push_sent": 2, "push_delivered": 2})
+    sent = events[events["event_type"] == "push_sent"]
+    assert set(sent["campaign_id"]) == {"c1"} and sent["propensity"].tolist() == [0.9, 0.9]
+    assert (pd.to_datetime(sent["timestamp"], utc=True) == pd.Timestamp(START)).all()
