@@ -31,7 +31,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     else:
         folder = (settings.data_dir / "broker").resolve()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         broker = {
             "broker_url": "filesystem://",
@@ -39,6 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),
                 "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"),  # else kombu writes ./control
                 "store_processed": False,
                 "polling_interval": 0.1,
             },
