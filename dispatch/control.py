@@ -101,7 +101,7 @@ def mark_opened(store: PlanStore, events: pd.DataFrame) -> int:
     if opened.empty:
         return 0
     first = (
-        opened.assign(timestamp=pd.to_datetime(opened["timestamp"], utc=True))
+        opened.assign(timestamp=pd.to_datetime(opened["timestamp"], utc=True, format="ISO8601"))
         .groupby(["campaign_id", "user_id"])["timestamp"]
         .min()
     )

@@ -23,8 +23,6 @@ from dispatch.plan_store import PlanJobRow, PlanStore
 from pushplan.domain import Campaign
 from pushplan.settings import Settings, per_settings
 
-PARTITION_USERS = 50_000  # users per task: a few seconds of planning, a bounded memory
-
 
 class JobState:
     running = "running"
@@ -44,7 +42,6 @@ def create_job(
     *,
     now: datetime | None = None,
     seed: int = 0,
-    partition_users: int = PARTITION_USERS,
 ) -> PlanJobRow:
     """Record a job over every user in the event store's users file; the caller enqueues its partitions."""
     users = (
@@ -58,7 +55,7 @@ def create_job(
         job_id=str(uuid.uuid4()),
         campaign_id=campaign.campaign_id,
         state=JobState.running,
-        partitions=max(1, math.ceil(total / partition_users)),
+        partitions=max(1, math.ceil(total / settings.plan_job_partition_users)),
         partitions_done=0,
         users=total,
         users_planned=0,

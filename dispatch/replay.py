@@ -1,10 +1,11 @@
 """Dispatching a campaign on a simulated clock: the demo's way to run a past window through real workers.
 
 In service, beat's due-scan runs on the wall clock. A simulated campaign's window lies in the
-simulated past, so here the dispatch clock steps through the window instead (an hour at a time,
-then past its end for fallbacks), and at each step the same `scan_due` queues what is due and the
-same `send_chunk_task` messages go to whatever workers consume the broker. Each step waits until
-the workers have drained its sends, so the caps see sends in time order as they would in service.
+simulated past, so here the dispatch clock steps through the window instead (every half hour, as
+some zones are half an hour off UTC, then past its end for fallbacks), and at each step the same
+`scan_due` queues what is due and the same `send_chunk_task` messages go to whatever workers consume
+the broker. Each step waits until the workers have drained its sends, so the caps see sends in time
+order as they would in service.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def replay(
     settings: Settings,
     campaign: Campaign,
     *,
-    step: timedelta = timedelta(hours=1),
+    step: timedelta = timedelta(minutes=30),
     drain_timeout_s: float = 300.0,
     enqueue: Callable[[list[object]], None] | None = None,
 ) -> int:

@@ -599,7 +599,8 @@ def demo(
     days: Annotated[int, typer.Option(min=1, help="How many days of history.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """The tour on the local profile: simulate, import, features, train, evaluate, serve and plan."""
+    """The tour on the local profile: simulate, import, features, train, evaluate, serve and plan,
+    dispatch through a Celery worker, and the simulated users' responses posted back."""
     settings = get_settings()
     sim_dir = settings.data_dir / "simulation"
     out.rule("1. simulate")
@@ -619,6 +620,10 @@ def demo(
     evaluate(as_json=False, sim_dir=sim_dir)
     out.rule("6. serve and plan")
     campaign_id = _demo_plan_through_the_service(settings)
+    out.rule("7. dispatch")
+    _demo_dispatch(settings, campaign_id)
+    out.rule("8. responses")
+    _demo_responses(settings, campaign_id, sim_dir)
     tracking = settings.data_dir / "mlflow.db"
     out.print(
         f"\nThe hidden truth is in {sim_dir / 'truth'}. Next:\n"
@@ -660,6 +665,67 @@ def _demo_plan_through_the_service(settings: Any) -> str:
     )
     _print_plan_summary(items, f"plan: {len(items):,} users")
     return campaign.campaign_id
+
+
+def _demo_dispatch(settings: Any, campaign_id: str) -> None:
+    """Start the campaign and replay its window through a real worker (the sandbox channel)."""
+    from dispatch.control import control, flush_events, item_states
+    from dispatch.plan_store import PlanStore
+    from dispatch.replay import replay
+    from features.simulator.answers import read_outbox
+    from pushplan.tour import running_worker
+
+    store = PlanStore(settings)
+    campaign = store.get_campaign(campaign_id)
+    assert campaign is not None  # the tour created it a step earlier
+    control(store, campaign_id, "dispatch")
+    with running_worker(settings.data_dir.resolve()) as worker:
+        out.print(f"worker pid {worker.pid} (log: {settings.data_dir / 'worker.log'})", highlight=False)
+        chunks = replay(store, settings, campaign)
+    moved = flush_events(store, settings)
+    counts = item_states(store, campaign_id)
+    sent = int(counts.loc[counts["state"] == "sent", "items"].sum())
+    outbox = read_outbox(settings.sandbox_dir / "outbox.jsonl", campaign_id)
+    out.print(
+        f"replayed {campaign.window.start:%Y-%m-%d} every half hour: {chunks} send tasks, {sent:,} sent, "
+        f"{len(outbox):,} messages in {settings.sandbox_dir / 'outbox.jsonl'}, "
+        f"{moved:,} push_sent/push_delivered events stored",
+        highlight=False,
+    )
+    _print_dispatch_counts(counts, f"{campaign_id}: items by state")
+
+
+def _demo_responses(settings: Any, campaign_id: str, sim_dir: Path) -> None:
+    """The simulated users answer what was sent; the answers go back through POST /v1/events."""
+    from collections import Counter
+
+    from dispatch.plan_store import PlanStore
+    from features.simulator.answers import answer_sends, post_events, read_outbox
+    from features.simulator.population import Population
+    from pushplan.tour import running_service
+    from serving.keys import Role, create_key
+
+    store = PlanStore(settings)
+    campaign = store.get_campaign(campaign_id)
+    assert campaign is not None
+    holdouts, after = [], None
+    while True:
+        page = store.list_items(campaign_id, decision="holdout", limit=5_000, after=after)
+        holdouts += [item.user_id for item in page]
+        if len(page) < 5_000:
+            break
+        after = page[-1].plan_id
+    sent = read_outbox(settings.sandbox_dir / "outbox.jsonl", campaign_id)
+    events = answer_sends(Population.load(sim_dir), campaign, sent, holdouts)
+    key = create_key(store, Role.campaign)
+    with running_service(settings.data_dir, key) as service, service.client() as client:
+        totals = post_events(client, events)
+    kinds = Counter(events["event_type"])
+    table = Table(title=f"responses to {len(sent):,} sends and {len(holdouts):,} holdouts", show_header=False)
+    for kind in ("push_opened", "push_clicked", "converted", "unsubscribed", "purchase"):
+        table.add_row(kind, f"{kinds.get(kind, 0):,}")
+    table.add_row("posted to POST /v1/events", f"{totals['received']:,} ({totals['stored']:,} new)")
+    out.print(table)
 
 
 def main() -> None:

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     dispatch_retry_seconds: float = Field(
         default=30.0, gt=0, description="First retry delay after a transient error; doubles each attempt."
     )
+    plan_job_partition_users: int = Field(
+        default=50_000, ge=1, description="Users per task of a whole-audience plan job."
+    )
     quiet_start_hour: int = Field(default=22, ge=0, le=23, description="Quiet hours start (user's local).")
     quiet_end_hour: int = Field(default=8, ge=0, le=23, description="Quiet hours end (exclusive).")
 

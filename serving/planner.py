@@ -73,6 +73,19 @@ class Audience:
     model_versions: dict[str, str] = field(default_factory=dict)
 
 
+def exploration_draws(
+    campaign_id: str, user_ids: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three uniforms in [0, 1) per user, fixed by (seed, campaign, user): whether to explore, which
+    hour and which variant. Keyed by user rather than drawn in sequence, so a user's plan does not
+    depend on who else is in the same request or plan-job partition."""
+    digests = b"".join(
+        hashlib.sha256(f"{seed}\x1f{campaign_id}\x1f{user}".encode()).digest()[:24] for user in user_ids
+    )
+    words = np.frombuffer(digests, dtype=">u8").reshape(-1, 3).astype(np.float64) / 2.0**64
+    return words[:, 0], words[:, 1], words[:, 2]
+
+
 def holdout_draw(campaign_id: str, user_ids: pd.Series | np.ndarray) -> np.ndarray:
     """A uniform number in [0, 1) per user, fixed by (campaign, user): the same user stays in control."""
     digests = [hashlib.sha256(f"{campaign_id}\x1f{user}".encode()).digest()[:8] for user in user_ids]
@@ -156,12 +169,8 @@ def plan(
     reason[~eligible] = Reason.opted_out.value
 
     in_control = eligible & (holdout_draw(campaign.campaign_id, user_ids) < campaign.holdout_fraction)
-    rng = np.random.default_rng(
-        [seed, int.from_bytes(hashlib.sha256(campaign.campaign_id.encode()).digest()[:4], "big")]
-    )
-    explore_draw = rng.random(n)
-    random_hour_draw = rng.random(n)
-    random_variant = rng.integers(0, n_variants, n)
+    explore_draw, random_hour_draw, variant_draw = exploration_draws(campaign.campaign_id, user_ids, seed)
+    random_variant = np.minimum((variant_draw * n_variants).astype(int), n_variants - 1)
     greedy_variant = audience.variant_scores.argmax(axis=1)
     hour_value = smooth_hours(np.asarray(audience.hour_scores, dtype=float))
     window_start, window_end = pd.Timestamp(campaign.window.start), pd.Timestamp(campaign.window.end)

@@ -88,7 +88,7 @@ def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: Cam
         push_events(
             feature_store(settings),
             settings,
-            frame.assign(timestamp=pd.to_datetime(frame["timestamp"], utc=True)),
+            frame.assign(timestamp=pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")),
         )
         mark_opened(store, frame)
     return EventsAccepted(received=result.rows, stored=result.stored, already_stored=result.already_stored)

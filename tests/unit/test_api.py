@@ -147,6 +147,48 @@ def test_events_are_validated_and_stored_whole(served: tuple[TestClient, dict[Ro
     assert EventStore(settings).stats().events == before + 2
 
 
+def test_events_with_mixed_timestamp_precision_are_stored_and_opens_reach_their_items(
+    served: tuple[TestClient, dict[Role, str], Settings],
+) -> None:
+    """ISO 8601 with and without fractions of a second in one batch (a 500 once); an open marks the
+    campaign's plan item, which fallback re-sends read."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from dispatch.plan_store import PlanItemRow, PlanStore
+    from tests.dispatch_setup import campaign, send_items, store_campaign
+
+    client, keys, settings = served
+    store = PlanStore(settings)
+    c = campaign("opens-api", datetime(2026, 10, 6, tzinfo=UTC))
+    store_campaign(store, c, send_items(c, ["u0000002"], [datetime(2026, 10, 6, 9, tzinfo=UTC)]))
+    events = [
+        {
+            "event_id": "mixed-1",
+            "user_id": "u0000002",
+            "event_type": "push_sent",
+            "timestamp": "2026-10-06T09:00:00+00:00",
+        },
+        {
+            "event_id": "mixed-2",
+            "user_id": "u0000002",
+            "event_type": "push_opened",
+            "timestamp": "2026-10-06T09:12:30.250000+00:00",
+            "campaign_id": "opens-api",
+        },
+    ]
+    response = client.post("/v1/events", json={"events": events}, headers={"X-API-Key": keys[Role.campaign]})
+    assert response.status_code == 200, response.text
+    with store.session() as session:
+        opened = session.scalar(
+            sa.select(PlanItemRow.opened_at).where(PlanItemRow.campaign_id == "opens-api")
+        )
+    assert opened is not None and opened.replace(tzinfo=UTC) == datetime(
+        2026, 10, 6, 9, 12, 30, 250000, tzinfo=UTC
+    )
+
+
 def test_a_body_past_the_limit_is_413(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
     client, keys, _ = served
     huge = b"x" * (9 << 20)
