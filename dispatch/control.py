@@ -121,12 +121,16 @@ def mark_opened(store: PlanStore, events: pd.DataFrame) -> int:
 
 
 def flush_events(store: PlanStore, settings: Settings, limit: int = 50_000) -> int:
-    """Move dispatch's outbox of events into the event store; returns events moved.
+    """Move dispatch's outbox of events into the event store, and fold the sends into the online
+    fatigue features (as `POST /v1/events` does) where a Feast repo is applied; returns events moved.
 
-    Idempotent end to end: the event store ignores event ids it holds, so a flush that dies after
-    the import and before marking rows flushed only repeats itself.
+    Idempotent into the event store: it ignores event ids it holds, so a flush that dies after the
+    import and before marking rows flushed only repeats itself. The online fatigue counts are
+    approximate between daily builds anyway (features.store.push_events), so a repeat there only
+    over-counts until the next build.
     """
     from features.event_store import EventStore
+    from features.store import feature_store, push_events
 
     with store.session() as session:
         rows = session.execute(
@@ -155,6 +159,8 @@ def flush_events(store: PlanStore, settings: Settings, limit: int = 50_000) -> i
             {c: "string" for c in events.columns if c not in ("propensity", "timestamp")}
         ).to_parquet(path, index=False)
         EventStore(settings).import_file(path)
+    if (settings.feast_dir / "registry.db").exists():  # no repo applied yet: nothing online to update
+        push_events(feature_store(settings), settings, events)
     with store.session() as session:
         session.execute(
             sa.update(DispatchEventRow)

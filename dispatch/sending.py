@@ -36,6 +36,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from dispatch.channels import Message, Outcome, adapter_for
@@ -402,8 +403,7 @@ def _recipients(users_path: Path, column: str) -> dict[str, str]:
     key, mtime = (str(users_path), column), users_path.stat().st_mtime
     cached = _RECIPIENTS.get(key)
     if cached is None or cached[0] != mtime:
-        names = set(pd.read_parquet(users_path, columns=None).columns)
-        if column not in names:
+        if column not in pq.read_schema(users_path).names:
             mapping: dict[str, str] = {}
         else:
             users = pd.read_parquet(users_path, columns=["user_id", column]).dropna()

@@ -15,7 +15,7 @@ from pushplan.settings import Profile, Settings
 from serving.app import create_app
 from serving.keys import Role, create_key
 from tests.features_setup import built_store
-from tests.services import DATABASE_URL, REDIS_URL, require_services
+from tests.services import REDIS_URL, scratch_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,25 +38,19 @@ CAMPAIGN = {
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path) -> Iterator[Settings]:
     """A PostgreSQL database and a Feast project of its own, removed afterwards."""
-    require_services()
-    name = f"pushplan_api_{uuid.uuid4().hex[:10]}"
-    admin = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    settings = Settings(
-        profile=Profile.production,
-        data_dir=tmp_path_factory.mktemp("api-production"),
-        redis_url=REDIS_URL,
-        database_url=DATABASE_URL.rsplit("/", 1)[0] + f"/{name}",
-        feast_project=f"test_{uuid.uuid4().hex[:10]}",
-    )
-    store = built_store(settings, sim_dir)
-    try:
-        yield settings
-    finally:
-        store.teardown()
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("pushplan_api") as database_url:
+        settings = Settings(
+            profile=Profile.production,
+            data_dir=tmp_path_factory.mktemp("api-production"),
+            redis_url=REDIS_URL,
+            database_url=database_url,
+            feast_project=f"test_{uuid.uuid4().hex[:10]}",
+        )
+        store = built_store(settings, sim_dir)
+        try:
+            yield settings
+        finally:
+            store.teardown()
 
 
 def test_plans_are_made_from_redis_features_and_stored_in_postgresql(production: Settings) -> None:

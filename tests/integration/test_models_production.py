@@ -6,13 +6,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from features.store import online_features
 from pushplan.settings import Profile, Settings
 from tests.features_setup import built_store
-from tests.services import DATABASE_URL, REDIS_URL, require_services
+from tests.services import REDIS_URL, scratch_database
 from training.pipeline import load_champion, predict, train
 from training.specs import SEND_HOUR
 from training.tracking import CHAMPION, configure, list_models, tracking_uri
@@ -23,20 +22,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A database of its own for MLflow (registry names are global), dropped afterwards."""
-    require_services()
-    name = f"pushplan_test_{uuid.uuid4().hex[:10]}"
-    admin = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    yield Settings(
-        profile=Profile.production,
-        data_dir=tmp_path_factory.mktemp("production-models"),
-        redis_url=REDIS_URL,
-        database_url=DATABASE_URL.rsplit("/", 1)[0] + f"/{name}",
-        feast_project=f"test_{uuid.uuid4().hex[:10]}",
-    )
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("pushplan_test") as database_url:
+        yield Settings(
+            profile=Profile.production,
+            data_dir=tmp_path_factory.mktemp("production-models"),
+            redis_url=REDIS_URL,
+            database_url=database_url,
+            feast_project=f"test_{uuid.uuid4().hex[:10]}",
+        )
 
 
 def test_train_registers_in_postgresql_and_serves_from_redis_features(

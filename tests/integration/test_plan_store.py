@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 
 from dispatch.plan_store import PlanStore, migrate
 from pushplan.domain import Campaign
 from pushplan.settings import Profile, Settings
 from serving.planner import Audience, plan
-from tests.services import DATABASE_URL, REDIS_URL, require_services
+from tests.services import REDIS_URL, scratch_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -27,24 +25,15 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield PlanStore(settings)
         return
     request.applymarker(pytest.mark.integration)
-    require_services()
-    name = f"pushplan_plans_{uuid.uuid4().hex[:10]}"
-    admin = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    settings = Settings(
-        profile=Profile.production,
-        data_dir=data_dir,
-        redis_url=REDIS_URL,
-        database_url=DATABASE_URL.rsplit("/", 1)[0] + f"/{name}",
-    )
-    migrate(settings)
-    migrate(settings)  # applying the migrations again changes nothing
-    plan_store = PlanStore(settings)
-    yield plan_store
-    plan_store.engine.dispose()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("pushplan_plans") as database_url:
+        settings = Settings(
+            profile=Profile.production, data_dir=data_dir, redis_url=REDIS_URL, database_url=database_url
+        )
+        migrate(settings)
+        migrate(settings)  # applying the migrations again changes nothing
+        plan_store = PlanStore(settings)
+        yield plan_store
+        plan_store.engine.dispose()
 
 
 CAMPAIGN = Campaign.model_validate(
