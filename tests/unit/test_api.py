@@ -198,3 +198,34 @@ def test_a_body_past_the_limit_is_413(served: tuple[TestClient, dict[Role, str],
         headers={"X-API-Key": keys[Role.campaign], "Content-Type": "application/json"},
     )
     assert response.status_code == 413
+
+
+def test_campaign_control_over_http(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
+    """Start, pause, resume, cancel: each answers the state and the items by state; a cancelled
+    campaign refuses to go on (409), an unknown one is 404, and an operator key may only read."""
+    from datetime import UTC, datetime
+
+    from dispatch.plan_store import PlanStore
+    from tests.dispatch_setup import campaign, send_items, store_campaign
+
+    client, keys, settings = served
+    headers = {"X-API-Key": keys[Role.campaign]}
+    c = campaign("control-api", datetime(2026, 10, 6, tzinfo=UTC))
+    at = datetime(2026, 10, 6, 9, tzinfo=UTC)
+    store_campaign(PlanStore(settings), c, send_items(c, ["u1", "u2"], [at, at]))
+    base = "/v1/campaigns/control-api"
+    for action, state in (("dispatch", "running"), ("pause", "paused"), ("resume", "running")):
+        answer = client.post(f"{base}/{action}", headers=headers)
+        assert answer.status_code == 200 and answer.json()["dispatch_state"] == state, answer.text
+    operator = {"X-API-Key": keys[Role.operator]}
+    assert client.post(f"{base}/pause", headers=operator).status_code == 403
+    cancelled = client.post(f"{base}/cancel", headers=headers).json()
+    assert cancelled["cancelled_items"] == 2
+    assert cancelled["items"] == [
+        {"decision": "send", "state": "cancelled", "reason": "cancelled", "items": 2}
+    ]
+    refused = client.post(f"{base}/resume", headers=headers)
+    assert refused.status_code == 409 and "cancelled" in refused.json()["detail"]
+    status = client.get(f"{base}/dispatch-status", headers=operator).json()
+    assert status["dispatch_state"] == "cancelled"
+    assert client.post("/v1/campaigns/nope/dispatch", headers=headers).status_code == 404
