@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -325,6 +325,13 @@ class EventStore:
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ImportRefused(path, f"campaign_id {repeated[0]!r} appears more than once")
+        self.store_variants(campaigns)
+        return ImportResult(path, Kind.campaigns, len(campaigns), len(campaigns))
+
+    def store_variants(self, campaigns: Sequence[Campaign]) -> None:
+        """Put these campaigns' variants in the catalogue, replacing theirs; the import's path and the
+        API's (`POST /v1/campaigns`), so the features know the tags of every campaign that sends."""
+        ids = [c.campaign_id for c in campaigns]
         variants = pd.DataFrame(
             [
                 {
@@ -339,14 +346,15 @@ class EventStore:
             ],
             columns=["campaign_id", "variant_id", "title", "body", "tags"],
         )
-        existing = self.read_variants()
-        kept = existing[~existing["campaign_id"].isin(ids)]
-        merged = pd.concat([kept, variants], ignore_index=True) if not kept.empty else variants
-        _write_atomically(
-            pa.Table.from_pandas(merged, schema=_VARIANT_SCHEMA, preserve_index=False),
-            self.settings.catalogue_path,
-        )
-        return ImportResult(path, Kind.campaigns, len(campaigns), len(campaigns))
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.settings.data_dir / ".catalogue.lock")):  # read, merge, write: one at a time
+            existing = self.read_variants()
+            kept = existing[~existing["campaign_id"].isin(ids)]
+            merged = pd.concat([kept, variants], ignore_index=True) if not kept.empty else variants
+            _write_atomically(
+                pa.Table.from_pandas(merged, schema=_VARIANT_SCHEMA, preserve_index=False),
+                self.settings.catalogue_path,
+            )
 
     def read_variants(self) -> pd.DataFrame:
         """Every imported variant: campaign_id, variant_id, title, body, tags (a list)."""

@@ -142,11 +142,17 @@ def _true_probabilities(
 
 
 def _latest_campaign_variants(settings: Settings) -> pd.DataFrame:
-    """The variants of the campaign sent most recently: what a campaign system would plan next."""
+    """The variants of the campaign sent most recently: what a campaign system would plan next.
+
+    Only campaigns whose variants are in the catalogue count (one sent by another system and never
+    imported has no titles or tags to score)."""
     store = EventStore(settings)
-    events = store.read_events(["campaign_id", "timestamp"], event_types=["push_sent"])
-    latest = events.sort_values("timestamp")["campaign_id"].dropna().iloc[-1]
     variants = store.read_variants()
+    events = store.read_events(["campaign_id", "timestamp"], event_types=["push_sent"])
+    known = events[events["campaign_id"].isin(set(variants["campaign_id"]))]
+    if known.empty:
+        raise LookupError("no sent campaign has its variants in the catalogue: import campaigns.json")
+    latest = known.sort_values("timestamp")["campaign_id"].iloc[-1]
     return variants[variants["campaign_id"] == latest].reset_index(drop=True)
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
 
+from features.event_store import EventStore
 from pushplan.domain import Campaign
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole
 
@@ -14,8 +15,10 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Campaign, responses=BODY_RESPONSES)
 def create_campaign(campaign: Campaign, store: PlanStoreDep, _: CampaignRole) -> Campaign:
-    """Create a campaign, or replace one with the same `campaign_id`."""
+    """Create a campaign, or replace one with the same `campaign_id`; its variants join the catalogue
+    the features read tags from, so its sends and clicks feed the tag affinities."""
     store.save_campaign(campaign)
+    EventStore(store.settings).store_variants([campaign])
     return campaign
 
 

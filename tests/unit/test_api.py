@@ -68,10 +68,14 @@ def test_auth_matrix(
 
 
 def test_campaigns_plans_and_items(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
-    client, keys, _settings = served
+    client, keys, settings = served
     headers = {"X-API-Key": keys[Role.campaign]}
     assert client.post("/v1/campaigns", json=CAMPAIGN, headers=headers).status_code == 201
     assert client.get("/v1/campaigns/bf", headers=headers).json()["name"] == "Black Friday"
+    catalogue = EventStore(settings).read_variants()  # the features read the variants' tags there
+    assert sorted(catalogue.loc[catalogue["campaign_id"] == "bf", "variant_id"]) == sorted(
+        v["variant_id"] for v in CAMPAIGN["variants"]
+    )
     assert client.get("/v1/campaigns/none", headers=headers).status_code == 404
 
     users = [f"u{i:07d}" for i in range(300)]
