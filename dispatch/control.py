@@ -39,8 +39,9 @@ def control(store: PlanStore, campaign_id: str, action: str) -> tuple[DispatchSt
     """Apply `action` to the campaign; the new state, and how many items a cancel cancelled.
 
     Repeating an action is harmless (dispatching a running campaign changes nothing); a cancelled
-    campaign stays cancelled. Cancelling marks every item not yet handed to a channel `cancelled`
-    (queued ones too: the send step re-reads the campaign and drops them).
+    campaign stays cancelled. Cancelling marks the planned items `cancelled` here; queued ones are
+    cancelled by their send step, which re-reads the campaign first, so an item whose channel call
+    is already under way is recorded as what it is (sent), never as cancelled.
     """
     allowed, target = TRANSITIONS[action]
     now = datetime.now(UTC)
@@ -59,7 +60,7 @@ def control(store: PlanStore, campaign_id: str, action: str) -> tuple[DispatchSt
                 .where(
                     PlanItemRow.campaign_id == campaign_id,
                     PlanItemRow.decision == Decision.send.value,
-                    PlanItemRow.state.in_([ItemState.planned.value, ItemState.queued.value]),
+                    PlanItemRow.state == ItemState.planned.value,
                 )
                 .values(
                     state=ItemState.cancelled.value,

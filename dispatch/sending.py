@@ -100,8 +100,6 @@ def scan_due(
                 sa.select(CampaignRow).where(CampaignRow.dispatch_state == DispatchState.running.value)
             )
         }
-        if not running:
-            return []
         in_flight = session.scalar(
             sa.select(sa.func.count()).where(
                 PlanItemRow.campaign_id.in_(running), PlanItemRow.state == ItemState.queued.value
@@ -126,10 +124,10 @@ def scan_due(
             if room
             else []
         )
+        # Lapsed items of every campaign, paused or cancelled ones too: their send step settles them.
         lapsed = session.scalars(
             sa.select(PlanItemRow.plan_id)
             .where(
-                PlanItemRow.campaign_id.in_(running),
                 PlanItemRow.state == ItemState.queued.value,
                 PlanItemRow.lease_until < now,
             )

@@ -211,8 +211,10 @@ def test_a_cancel_landing_while_items_are_queued_stops_them(store: PlanStore, se
     store_campaign(store, c, send_items(c, ["a", "b"], [START, START]))
     control(store, "c1", "dispatch")
     (chunk,) = scan_due(store, settings, as_of=START)
-    control(store, "c1", "cancel")
-    assert send_chunk(store, settings, chunk.plan_ids, chunk.claim, START).counts == Counter()
+    assert control(store, "c1", "cancel")[1] == 0  # queued ones are its send step's to settle
+    assert send_chunk(store, settings, chunk.plan_ids, chunk.claim, START).counts == Counter(
+        {"cancelled:cancelled": 2}
+    )
     assert states(store, "c1") == {("cancelled", "cancelled"): 2}
     assert outbox(settings) == []
 
@@ -348,3 +350,16 @@ def test_the_event_outbox_flushes_into_the_event_store_once(store: PlanStore, se
     sent = events[events["event_type"] == "push_sent"]
     assert set(sent["campaign_id"]) == {"c1"} and sent["propensity"].tolist() == [0.9, 0.9]
     assert (pd.to_datetime(sent["timestamp"], utc=True) == pd.Timestamp(START)).all()
+
+
+def test_items_lost_in_a_cancelled_campaign_are_still_settled(store: PlanStore, settings: Settings) -> None:
+    """Queued, then the message was lost and the campaign cancelled: the scan hands the items out
+    again once their lease lapses, and their send step records them cancelled."""
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b"], [START, START]))
+    control(store, "c1", "dispatch")
+    scan_due(store, settings, as_of=START)  # the chunk's message is never delivered
+    control(store, "c1", "cancel")
+    _lapse(store)
+    assert run_due(store, settings, START) == Counter({"cancelled:cancelled": 2})
+    assert states(store, "c1") == {("cancelled", "cancelled"): 2}
