@@ -106,9 +106,13 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     assert (offline["decision"] == stored["decision"]).all()
     assert (offline["variant_id"].fillna("") == stored["variant_id"].fillna("")).all()
 
+    # The quality bar, judged in the demo's step 5 on the simulated history's latest campaign.
+    assert float(demo.stdout.split("oracle share (models)")[1].split()[1]) >= 0.85
+    # After the demo, the latest campaign sent is the demo's own: four single-tag titles, a harder
+    # choice for the variant model, but still far above the baselines.
     evaluation = json.loads(run("evaluate", "--json", env=env).stdout)
     oracle = evaluation["oracle"]
-    assert oracle["oracle_share"] >= 0.85
+    assert oracle["oracle_share"] >= 0.75
     assert oracle["random_share"] < oracle["population_best_hour_share"] < oracle["oracle_share"]
     assert oracle["gap_from_time"] + oracle["gap_from_variant"] > 0
     models = {m["name"]: m for m in json.loads(run("models", "list", "--json", env=env).stdout)}
