@@ -3,6 +3,7 @@
     python -m benchmarks.run [--events 1000000] [--users 5000 --days 60]
                              [--feature-users 100000 --feature-days 14] [--redis-url redis://127.0.0.1:6379/15]
                              [--skip-serving | --only-serving] [the sizes of benchmarks/serving.py]
+                             [--skip-dispatch | --only-dispatch] [--dispatch-items 100000 ...]
 
 Measures: importing a CSV and a parquet file of N events into an empty store (rows/s, validation
 included), re-importing the same file (the idempotent path), simulating the demo population; and
@@ -10,8 +11,11 @@ for a population of --feature-users: building the feature tables, and materializ
 snapshot of every user into the SQLite and the Redis online stores (users/s). Then the plan
 service's figures (benchmarks/serving.py): one-user `POST /v1/plans` latency over HTTP on the
 production profile against its floor, and offline planning of a million users against the naive
-per-user path. A quick run: `--events 100000 --feature-users 5000 --requests 500 --plan-users 100000
---naive-users 2000`.
+per-user path. Then dispatch's (benchmarks/dispatch.py): end-to-end sends per second through a
+Celery worker and Redis against Celery running no-op tasks; its options are those of
+`python -m benchmarks.dispatch` with a `--dispatch-` prefix. A quick run: `--events 100000
+--feature-users 5000 --requests 500 --plan-users 100000 --naive-users 2000 --dispatch-items 20000
+--dispatch-users 10000`.
 Each figure is one timed run on a fresh data dir; the machine is busy with nothing else.
 """
 
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import serving
+from benchmarks import dispatch, serving
 from features.event_store import EventStore
 from features.simulator import simulate
 from pushplan.settings import Settings
@@ -125,7 +129,13 @@ def main() -> None:
     which.add_argument("--skip-serving", action="store_true", help="leave out benchmarks/serving.py")
     which.add_argument("--only-serving", action="store_true", help="only benchmarks/serving.py")
     serving.add_arguments(parser)
+    sends = parser.add_mutually_exclusive_group()
+    sends.add_argument("--skip-dispatch", action="store_true", help="leave out benchmarks/dispatch.py")
+    sends.add_argument("--only-dispatch", action="store_true", help="only benchmarks/dispatch.py")
+    dispatch.add_arguments(parser, prefix="dispatch-")
     args = parser.parse_args()
+    if args.only_dispatch and args.only_serving:
+        parser.error("--only-dispatch and --only-serving exclude each other")
     # Feast and ibis warn about their own APIs on every call; the figures are what this prints.
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -134,10 +144,12 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {platform.platform()}"
     )
-    if not args.only_serving:
+    if not (args.only_serving or args.only_dispatch):
         store_figures(args)
-    if not args.skip_serving:
+    if not (args.skip_serving or args.only_dispatch):
         serving.run(args)
+    if not (args.skip_dispatch or args.only_serving):
+        dispatch.run(args)
 
 
 def store_figures(args: argparse.Namespace) -> None:
