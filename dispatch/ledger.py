@@ -96,6 +96,9 @@ local per_user_day, gap = tonumber(ARGV[8]), tonumber(ARGV[9])
 local total, ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
 local week = 604800
 if redis.call('EXISTS', send_key) == 1 then return 'duplicate' end
+-- What no cap can need any more (older than the retention before this send) goes, so a user's set
+-- holds at most the retention's sends however long they stay.
+redis.call('ZREMRANGEBYSCORE', user_key, '-inf', '(' .. (at - ttl))
 if gap > 0 and redis.call('ZCOUNT', user_key, '(' .. (at - gap), '(' .. (at + gap)) > 0 then
   return 'min_gap'
 end
@@ -126,7 +129,10 @@ if total >= 0 and redis.call('SCARD', campaign_key) + 1 > total then return 'cam
 redis.call('ZADD', user_key, at, send_id .. suffix)
 redis.call('EXPIRE', user_key, ttl)
 redis.call('SET', send_key, send_id .. suffix, 'EX', ttl)
-redis.call('SADD', campaign_key, send_id)
+if total >= 0 then  -- only a campaign with a total needs its sends counted
+  redis.call('SADD', campaign_key, send_id)
+  redis.call('EXPIRE', campaign_key, ttl)
+end
 return 'reserved'
 """
 
@@ -145,7 +151,8 @@ class RedisLedger:
     The script touches three keys of different hash slots, so on Redis Cluster they must share a
     hash tag; pushplan's keys are `{pushplan}:…`-free today because the production profile is one
     Redis. A reservation is kept for `RETENTION` (longer than the widest cap, a week either side),
-    and Redis must persist (AOF) for caps and idempotency to survive its restart.
+    and Redis must persist (AOF) for caps and idempotency to survive its restart. A campaign's sends
+    are counted only when it has a total; a total added to a campaign later counts from then on.
     """
 
     RETENTION = timedelta(days=30)

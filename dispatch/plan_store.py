@@ -58,7 +58,23 @@ class CampaignRow(Base):
 
 class PlanItemRow(Base):
     __tablename__ = "plan_items"
-    __table_args__ = (sa.UniqueConstraint("campaign_id", "user_id", name="uq_plan_items_campaign_user"),)
+    __table_args__ = (
+        sa.UniqueConstraint("campaign_id", "user_id", name="uq_plan_items_campaign_user"),
+        # The due-scan's two questions (migration 0004): due sends, and lapsed leases.
+        sa.Index(
+            "ix_plan_items_due",
+            "send_at",
+            "plan_id",
+            postgresql_where=sa.text("state = 'planned' AND decision = 'send'"),
+            sqlite_where=sa.text("state = 'planned' AND decision = 'send'"),
+        ),
+        sa.Index(
+            "ix_plan_items_queued_lease",
+            "lease_until",
+            postgresql_where=sa.text("state = 'queued'"),
+            sqlite_where=sa.text("state = 'queued'"),
+        ),
+    )
 
     plan_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
     campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("campaigns.campaign_id"), index=True)

@@ -206,6 +206,50 @@ class ChunkResult:
         self.counts[outcome] += n
 
 
+class _Updates:
+    """Row changes grouped by their values, written as one UPDATE per group (fenced by the claim):
+    a chunk's items fall into a handful of outcomes, so this is a few statements, not one per row."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[tuple[str, Any], ...], list[str]] = defaultdict(list)
+
+    def add(self, plan_id: str, **values: Any) -> None:
+        self.groups[tuple(sorted(values.items()))].append(plan_id)
+
+    def write(self, session: Any, claim: str) -> None:
+        for values, ids in self.groups.items():
+            session.execute(
+                sa.update(PlanItemRow)
+                .where(PlanItemRow.plan_id.in_(ids), PlanItemRow.claim == claim)
+                .values(dict(values))
+                .execution_options(synchronize_session=False)
+            )
+
+
+def _finished(state: ItemState, reason: Reason, detail: str, now: datetime) -> dict[str, Any]:
+    return {
+        "state": state.value,
+        "reason": reason.value,
+        "detail": detail[:500],
+        "claim": None,
+        "lease_until": None,
+        "updated_at": now,
+    }
+
+
+ROW_COLUMNS = (
+    PlanItemRow.plan_id,
+    PlanItemRow.campaign_id,
+    PlanItemRow.user_id,
+    PlanItemRow.channel,
+    PlanItemRow.variant_id,
+    PlanItemRow.timezone,
+    PlanItemRow.propensity,
+    PlanItemRow.attempts,
+    PlanItemRow.fallback_step,
+)
+
+
 def send_chunk(
     store: PlanStore,
     settings: Settings,
@@ -221,9 +265,10 @@ def send_chunk(
     now = datetime.now(UTC)
     at = as_of or now
     quiet = QuietHours(settings.quiet_start_hour, settings.quiet_end_hour).mask()
+    decided = _Updates()
     with store.session() as session:
-        rows = session.scalars(
-            sa.select(PlanItemRow)
+        rows = session.execute(
+            sa.select(*ROW_COLUMNS)
             .where(
                 PlanItemRow.plan_id.in_(plan_ids),
                 PlanItemRow.claim == claim,
@@ -240,33 +285,37 @@ def send_chunk(
                 sa.select(CampaignRow).where(CampaignRow.campaign_id.in_({r.campaign_id for r in rows}))
             )
         }
-        candidates: list[PlanItemRow] = []
+        pending: list[_Pending] = []
         for row in rows:
             campaign, state = campaigns[row.campaign_id]
             zone = row.timezone or settings.default_timezone
+            local = at.astimezone(ZoneInfo(zone))
             if state is DispatchState.cancelled:
-                _finish(row, ItemState.cancelled, Reason.cancelled, "the campaign was cancelled", now)
+                change = _finished(ItemState.cancelled, Reason.cancelled, "the campaign was cancelled", now)
             elif state is not DispatchState.running:  # paused: wait for resume as a planned item
-                row.state, row.claim, row.lease_until, row.updated_at = (
-                    ItemState.planned.value,
-                    None,
-                    None,
-                    now,
+                decided.add(
+                    row.plan_id, state=ItemState.planned.value, claim=None, lease_until=None, updated_at=now
                 )
                 result.add("held_back")
                 continue
             elif at >= campaign.window.end:
-                _finish(row, ItemState.suppressed, Reason.expired, f"window ended {campaign.window.end}", now)
-            elif quiet[at.astimezone(ZoneInfo(zone)).hour]:
-                local = at.astimezone(ZoneInfo(zone))
-                _finish(row, ItemState.suppressed, Reason.quiet_hours, f"{local:%H:%M} local in {zone}", now)
+                change = _finished(
+                    ItemState.suppressed, Reason.expired, f"window ended {campaign.window.end}", now
+                )
+            elif quiet[local.hour]:
+                change = _finished(
+                    ItemState.suppressed, Reason.quiet_hours, f"{local:%H:%M} local in {zone}", now
+                )
             else:
-                row.attempts += 1  # counted before the call, so a crash mid-call still counts
-                row.lease_until = now + timedelta(seconds=settings.dispatch_lease_seconds)
-                candidates.append(row)
+                pending.append(_pending(row, campaign, settings, at))
                 continue
-            result.add(f"{row.state}:{row.reason}")
-        pending = [_pending(row, campaigns[row.campaign_id][0], settings, at) for row in candidates]
+            decided.add(row.plan_id, **change)
+            result.add(f"{change['state']}:{change['reason']}")
+        # Attempts are counted before the call, so a crash mid-call still counts; the lease covers it.
+        lease = now + timedelta(seconds=settings.dispatch_lease_seconds)
+        for item in pending:
+            decided.add(item.plan_id, attempts=item.attempts, lease_until=lease)
+        decided.write(session, claim)
     if not pending:
         return result
 
@@ -276,11 +325,12 @@ def send_chunk(
     failed_calls = [p.reservation for p in to_call if not outcomes[p.message.send_id].ok]
     ledger.release(failed_calls)  # a failed call holds no cap
 
+    recorded = _Updates()
+    events: list[dict[str, Any]] = []
     with store.session() as session:
-        current = {
-            row.plan_id: row
-            for row in session.scalars(
-                sa.select(PlanItemRow)
+        held = set(
+            session.scalars(
+                sa.select(PlanItemRow.plan_id)
                 .where(
                     PlanItemRow.plan_id.in_([p.plan_id for p in pending]),
                     PlanItemRow.claim == claim,  # fenced: a lapsed lease handed it to another task
@@ -289,35 +339,48 @@ def send_chunk(
                 .order_by(PlanItemRow.plan_id)
                 .with_for_update()
             )
-        }
+        )
         for item, verdict in zip(pending, verdicts, strict=True):
-            held = current.get(item.plan_id)
-            if held is None:
+            if item.plan_id not in held:
                 result.add("superseded")
                 continue
-            row = held
             if verdict.capped:
-                _finish(row, ItemState.suppressed, Reason.capped, f"cap {verdict.value}", now)
+                recorded.add(
+                    item.plan_id, **_finished(ItemState.suppressed, Reason.capped, f"cap {verdict}", now)
+                )
                 result.add(f"suppressed:{Reason.capped}")
                 continue
             outcome = outcomes[item.message.send_id]
             if outcome.ok:
-                row.state, row.sent_at, row.detail, row.updated_at = ItemState.sent.value, at, None, now
-                row.reason = row.reason if row.reason != Reason.send_failed.value else None
-                session.add_all(_events(item, row, at, (EventType.push_sent, EventType.push_delivered)))
+                recorded.add(
+                    item.plan_id,
+                    state=ItemState.sent.value,
+                    sent_at=at,
+                    detail=None,
+                    claim=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+                events += _events(item, at, (EventType.push_sent, EventType.push_delivered))
                 result.add("sent")
-            elif outcome.transient and row.attempts < settings.dispatch_max_attempts:
-                delay = settings.dispatch_retry_seconds * 2 ** (row.attempts - 1)
-                row.lease_until, row.detail, row.updated_at = (
-                    now + timedelta(seconds=delay),
-                    _said(outcome),
-                    now,
+            elif outcome.transient and item.attempts < settings.dispatch_max_attempts:
+                delay = settings.dispatch_retry_seconds * 2 ** (item.attempts - 1)
+                recorded.add(
+                    item.plan_id,
+                    lease_until=now + timedelta(seconds=delay),
+                    detail=_said(outcome),
+                    updated_at=now,
                 )
                 result.add("retry")
             else:
-                _finish(row, ItemState.failed, Reason.send_failed, _said(outcome), now)
-                session.add_all(_events(item, row, at, (EventType.push_failed,)))
+                recorded.add(
+                    item.plan_id, **_finished(ItemState.failed, Reason.send_failed, _said(outcome), now)
+                )
+                events += _events(item, at, (EventType.push_failed,))
                 result.add(f"failed:{outcome.reason}")
+        recorded.write(session, claim)
+        if events:
+            session.execute(sa.insert(DispatchEventRow), events)
     return result
 
 
@@ -327,9 +390,11 @@ class _Pending:
     reservation: Reservation
     message: Message
     propensity: float | None
+    attempts: int  # channel calls made, this one included
 
 
-def _pending(row: PlanItemRow, campaign: Campaign, settings: Settings, at: datetime) -> _Pending:
+def _pending(row: Any, campaign: Campaign, settings: Settings, at: datetime) -> _Pending:
+    """What a send needs, from a plan item row (ROW_COLUMNS) of a campaign."""
     variant = next((v for v in campaign.variants if v.variant_id == row.variant_id), campaign.variants[0])
     channel = row.channel or campaign.channels[0].value
     sid = send_id(row.plan_id, row.fallback_step)
@@ -356,6 +421,7 @@ def _pending(row: PlanItemRow, campaign: Campaign, settings: Settings, at: datet
             sent_at=at,
         ),
         propensity=row.propensity,
+        attempts=row.attempts + 1,
     )
 
 
@@ -410,30 +476,24 @@ def _recipients(users_path: Path, column: str) -> dict[str, str]:
     return cached[1]
 
 
-def _finish(row: PlanItemRow, state: ItemState, reason: Reason, detail: str, now: datetime) -> None:
-    row.state, row.reason, row.detail = state.value, reason.value, detail[:500]
-    row.claim, row.lease_until, row.updated_at = None, None, now
-
-
 def _said(outcome: Outcome) -> str:
     return f"{outcome.reason}: {outcome.detail}"[:500] if outcome.detail else str(outcome.reason)
 
 
-def _events(
-    item: _Pending, row: PlanItemRow, at: datetime, kinds: Iterable[EventType]
-) -> list[DispatchEventRow]:
+def _events(item: _Pending, at: datetime, kinds: Iterable[EventType]) -> list[dict[str, Any]]:
+    message = item.message
     return [
-        DispatchEventRow(
-            event_id=f"{item.message.send_id}/{kind.value}",  # stable: a re-flush stores nothing twice
-            user_id=row.user_id,
-            event_type=kind.value,
-            timestamp=at,
-            campaign_id=row.campaign_id,
-            variant_id=row.variant_id,
-            channel=item.message.channel,
-            propensity=item.propensity if kind is EventType.push_sent else None,
-            flushed=False,
-        )
+        {
+            "event_id": f"{message.send_id}/{kind.value}",  # stable: a re-flush stores nothing twice
+            "user_id": message.user_id,
+            "event_type": kind.value,
+            "timestamp": at,
+            "campaign_id": message.campaign_id,
+            "variant_id": message.variant_id,
+            "channel": message.channel,
+            "propensity": item.propensity if kind is EventType.push_sent else None,
+            "flushed": False,
+        }
         for kind in kinds
     ]
 
