@@ -380,7 +380,7 @@ def send_chunk(
                 result.add(f"failed:{outcome.reason}")
         recorded.write(session, claim)
         if events:
-            session.execute(sa.insert(DispatchEventRow), events)
+            session.execute(sa.insert(DispatchEventRow).values(events))  # one multi-row INSERT
     return result
 
 
