@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -57,6 +57,8 @@ class DispatchState(StrEnum):
     paused = "paused"
     cancelled = "cancelled"
 
+
+T = TypeVar("T")
 
 # A user's channel address comes from these attributes of the users file (extra columns are kept).
 RECIPIENT_COLUMN = {"push": "push_token", "sms": "phone", "email": "email"}
@@ -380,7 +382,9 @@ def send_chunk(
                 result.add(f"failed:{outcome.reason}")
         recorded.write(session, claim)
         if events:
-            session.execute(sa.insert(DispatchEventRow).values(events))  # one multi-row INSERT
+            # Multi-row INSERTs, a thousand rows each: under SQLite's limit on bound parameters.
+            for batch in _chunked(events, 1_000):
+                session.execute(sa.insert(DispatchEventRow).values(batch))
     return result
 
 
@@ -498,6 +502,6 @@ def _events(item: _Pending, at: datetime, kinds: Iterable[EventType]) -> list[di
     ]
 
 
-def _chunked(ids: list[str], size: int) -> Iterable[list[str]]:
+def _chunked(ids: list[T], size: int) -> Iterable[list[T]]:
     for first in range(0, len(ids), size):
         yield ids[first : first + size]
