@@ -57,6 +57,7 @@ from typing import Any
 import pandas as pd
 
 from pushplan.settings import Settings
+from tests.services import RedisServer, scratch_database  # the tests' own: the same setup
 
 REPO = Path(__file__).resolve().parent.parent
 ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Australia/Sydney"]
@@ -65,64 +66,6 @@ UNFINISHED = ("planned", "queued")
 POLL_SECONDS = 0.1
 # The share of users the first campaign of a round may reach (a campaign total): the cap that binds.
 FIRST_CAMPAIGN_REACH = 0.9
-
-
-class RedisServer:
-    """A redis-server of the benchmark's own on a free port, under `directory`; `aof` is
-    "off", "everysec" or "always" (appendfsync)."""
-
-    def __init__(self, directory: Path, aof: str) -> None:
-        from pushplan.tour import free_port
-
-        self.directory, self.aof = directory, aof
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> RedisServer:
-        from pushplan.services import reachable
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        persistence = (
-            ["--appendonly", "no"]
-            if self.aof == "off"
-            else ["--appendonly", "yes", "--appendfsync", self.aof]
-        )
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                   "--dir", str(self.directory), "--save", "", *persistence]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while not reachable(self.url):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.05)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def __exit__(self, *_: object) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A new PostgreSQL database on the server of `server_url`, dropped afterwards; its URL."""
-    import psycopg
-
-    name = f"pushplan_bench_dispatch_{uuid.uuid4().hex[:10]}"
-    admin = server_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -682,7 +625,7 @@ def deployed(args: argparse.Namespace, server: RedisServer, data_dir: Path) -> I
     this process's environment (for the worker it starts) until the block ends."""
     import redis
 
-    with scratch_database(args.database_url) as database_url:
+    with scratch_database("pushplan_bench_dispatch", args.database_url) as database_url:
         values = {
             "PUSHPLAN_PROFILE": "production",
             "PUSHPLAN_DATA_DIR": str(data_dir),

@@ -34,38 +34,45 @@ def require_services() -> None:
 
 
 @contextmanager
-def scratch_database(prefix: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database on the test server for one test; its SQLAlchemy URL. Dropped
-    after, even with connections still open (a killed worker's, say)."""
-    require_services()
+def scratch_database(prefix: str, server_url: str | None = None) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (or benchmark round), on the test server or on
+    `server_url`'s; its SQLAlchemy URL. Dropped after, even with connections still open (a killed
+    worker's, say)."""
+    if server_url is None:
+        require_services()
+    server_url = server_url or DATABASE_URL
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = DATABASE_URL.replace("postgresql+psycopg://", "postgresql://")
+    admin = server_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield server_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class RedisServer:
-    """A redis-server of the test's own on a free port, persisting to `directory` with an fsync per
-    write (AOF), so a test can stop and restart it without touching the shared Redis."""
+    """A redis-server of the test's (or benchmark's) own on a free port, persisting to `directory`
+    with an AOF fsynced `aof` ("always", "everysec"; "off": none), so a test can stop and restart it
+    without touching the shared Redis."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, aof: str = "always") -> None:
         from pushplan.tour import free_port
 
-        self.directory = directory
+        self.directory, self.aof = directory, aof
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "no"] if self.aof == "off" else ["--appendonly", "yes"]
+        if self.aof != "off":
+            persistence += ["--appendfsync", self.aof]
         command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--save", "", *persistence,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -73,6 +80,11 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
             time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def stop(self) -> None:
         if self.process is not None:
