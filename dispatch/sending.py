@@ -25,6 +25,7 @@ then deliver once; those that do not (SMTP, FCM) may deliver that one message tw
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -204,8 +205,8 @@ class ChunkResult:
 
     counts: Counter[str] = field(default_factory=Counter)
 
-    def add(self, outcome: str, n: int = 1) -> None:
-        self.counts[outcome] += n
+    def add(self, outcome: str) -> None:
+        self.counts[outcome] += 1
 
 
 class _Updates:
@@ -287,6 +288,7 @@ def send_chunk(
                 sa.select(CampaignRow).where(CampaignRow.campaign_id.in_({r.campaign_id for r in rows}))
             )
         }
+        caps = {cid: FrequencyCap.of(settings, campaign) for cid, (campaign, _) in campaigns.items()}
         pending: list[_Pending] = []
         for row in rows:
             campaign, state = campaigns[row.campaign_id]
@@ -309,7 +311,7 @@ def send_chunk(
                     ItemState.suppressed, Reason.quiet_hours, f"{local:%H:%M} local in {zone}", now
                 )
             else:
-                pending.append(_pending(row, campaign, settings, at))
+                pending.append(_pending(row, campaign, caps[row.campaign_id], settings, at))
                 continue
             decided.add(row.plan_id, **change)
             result.add(f"{change['state']}:{change['reason']}")
@@ -397,7 +399,7 @@ class _Pending:
     attempts: int  # channel calls made, this one included
 
 
-def _pending(row: Any, campaign: Campaign, settings: Settings, at: datetime) -> _Pending:
+def _pending(row: Any, campaign: Campaign, cap: FrequencyCap, settings: Settings, at: datetime) -> _Pending:
     """What a send needs, from a plan item row (ROW_COLUMNS) of a campaign."""
     variant = next((v for v in campaign.variants if v.variant_id == row.variant_id), campaign.variants[0])
     channel = row.channel or campaign.channels[0].value
@@ -411,7 +413,7 @@ def _pending(row: Any, campaign: Campaign, settings: Settings, at: datetime) -> 
             channel=channel,
             at=at,
             zone=row.timezone or settings.default_timezone,
-            cap=FrequencyCap.of(settings, campaign),
+            cap=cap,
         ),
         message=Message(
             send_id=sid,
@@ -456,7 +458,7 @@ def _with_recipients(settings: Settings, channel: str, messages: list[Message]) 
         return messages
     addresses = _recipients(settings.users_path, column)
     return [
-        Message(**{**m.__dict__, "recipient": addresses.get(m.user_id)})  # frozen: a copy with the address
+        dataclasses.replace(m, recipient=addresses.get(m.user_id))  # frozen: a copy with the address
         for m in messages
     ]
 

@@ -18,6 +18,7 @@ from dispatch.ledger import SqlLedger
 from dispatch.plan_store import DispatchEventRow, PlanItemRow, PlanStore, migrate
 from dispatch.sending import scan_due, send_chunk
 from features.event_store import EventStore
+from pushplan.caps import FrequencyCap
 from pushplan.settings import Settings
 from tests.dispatch_setup import campaign, send_items, store_campaign
 
@@ -105,7 +106,7 @@ def test_a_send_reserved_by_a_killed_attempt_is_sent_again_with_its_key_and_reco
     assert len(scan_due(store, settings, as_of=START)) == 1
     with store.session() as session:
         row = session.scalars(sa.select(PlanItemRow)).one()
-        pending = sending._pending(row, c, settings, START)
+        pending = sending._pending(row, c, FrequencyCap.of(settings, c), settings, START)
     SqlLedger(store).reserve([pending.reservation])
     sending._call_channels(settings, [pending.message])  # delivered, then the worker was killed
     with store.session() as session:
