@@ -88,6 +88,8 @@ class PlanItemRow(Base):
     p_click: Mapped[float | None] = mapped_column(sa.Float)
     expected_uplift: Mapped[float | None] = mapped_column(sa.Float)
     propensity: Mapped[float | None] = mapped_column(sa.Float)
+    model_variant_id: Mapped[str | None] = mapped_column(sa.String(200))
+    model_send_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     model_versions: Mapped[dict[str, str]] = mapped_column(sa.JSON)
     state: Mapped[str] = mapped_column(sa.String(12), index=True)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
@@ -422,8 +424,7 @@ def _from_row(row: PlanItemRow) -> dict[str, Any]:
     values = {column.name: getattr(row, column.name) for column in PlanItemRow.__table__.columns}
     for internal in ("updated_at", "claim", "lease_until", "opened_at"):
         values.pop(internal)
-    if values["sent_at"] is not None and values["sent_at"].tzinfo is None:
-        values["sent_at"] = values["sent_at"].replace(tzinfo=UTC)
-    if values["send_at"] is not None and values["send_at"].tzinfo is None:
-        values["send_at"] = values["send_at"].replace(tzinfo=UTC)  # SQLite keeps no zone; we store UTC
+    for instant in ("send_at", "model_send_at", "sent_at"):
+        if values[instant] is not None and values[instant].tzinfo is None:
+            values[instant] = values[instant].replace(tzinfo=UTC)  # SQLite keeps no zone; we store UTC
     return values

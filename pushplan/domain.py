@@ -96,6 +96,18 @@ class PlanItem(BaseModel):
     p_click: float | None = Field(default=None, ge=0.0, le=1.0)
     expected_uplift: float | None = None
     propensity: float | None = Field(default=None, gt=0.0, le=1.0)
+    # The models' own choice, kept beside what the item carries: an off-policy estimate of "always
+    # the models' choice" needs it on every item, explored and deferred ones included.
+    model_variant_id: str | None = Field(
+        default=None,
+        description="The variant the models rank first, before exploration. Null on items skipped "
+        "before timing (opted_out, no_window, quiet_hours).",
+    )
+    model_send_at: AwareDatetime | None = Field(
+        default=None,
+        description="The instant (UTC) of the slot of the models' best hour, before exploration and "
+        "before any deferral under the caps. Null on items skipped before timing.",
+    )
     model_versions: dict[str, str] = Field(default_factory=dict)
     state: ItemState = ItemState.planned
     timezone: str | None = Field(default=None, description="The user's IANA zone the plan was made in.")

@@ -11,7 +11,9 @@ For each user of an audience, in this order (DESIGN.md, "Decisions"):
    item logs the propensity of the (hour, variant) it carries under this mixed policy;
 6. value: below `min_p_click`, skip with `low_value`.
 Holdout items carry the slot and variant they would have been sent, so uplift can be measured
-over the same windows. The same inputs and seed always give the same plan.
+over the same windows. Every timed item keeps the models' choice before exploration too
+(`model_variant_id`, `model_send_at`), for doubly robust off-policy estimates.
+The same inputs and seed always give the same plan.
 
 `arbitrate_caps` then weighs the plan against what other campaigns already hold for the same
 users (DESIGN.md, "Decisions" 5): where a send would break a frequency cap, the higher-value item
@@ -153,8 +155,10 @@ def plan(
     reason = np.full(n, None, dtype=object)
     state = np.full(n, ItemState.suppressed.value, dtype=object)
     variant_id = np.full(n, None, dtype=object)
+    model_variant_id = np.full(n, None, dtype=object)
     local_send_at = np.full(n, None, dtype=object)
     send_at = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)  # NaT until timed
+    model_send_at = send_at.copy()
     p_click = np.full(n, np.nan)
     propensity = np.full(n, np.nan)
 
@@ -172,6 +176,7 @@ def plan(
     explore_draw, random_hour_draw, variant_draw = exploration_draws(campaign.campaign_id, user_ids, seed)
     random_variant = np.minimum((variant_draw * n_variants).astype(int), n_variants - 1)
     greedy_variant = audience.variant_scores.argmax(axis=1)
+    variant_ids = np.array([v.variant_id for v in campaign.variants], dtype=object)
     hour_value = smooth_hours(np.asarray(audience.hour_scores, dtype=float))
     window_start, window_end = pd.Timestamp(campaign.window.start), pd.Timestamp(campaign.window.end)
     not_before = max(window_start, pd.Timestamp(now)).value
@@ -206,7 +211,9 @@ def plan(
         slot = slot_of_hour[hour]
         send_at[rows] = slots.send_at[slot]
         local_send_at[rows] = slots.local_iso[slot]
-        variant_id[rows] = np.array([v.variant_id for v in campaign.variants], dtype=object)[variant]
+        variant_id[rows] = variant_ids[variant]
+        model_send_at[rows] = slots.send_at[slot_of_hour[greedy_hour]]
+        model_variant_id[rows] = variant_ids[greedy_variant[rows]]
         p_click[rows] = audience.variant_scores[rows, variant]
         propensity[rows] = np.where(is_greedy, 1 - campaign.exploration + uniform, uniform)
         reason[rows[explored & ~is_greedy]] = Reason.exploration.value
@@ -234,6 +241,8 @@ def plan(
             "p_click": p_click,
             "expected_uplift": np.nan,
             "propensity": propensity,
+            "model_variant_id": model_variant_id,
+            "model_send_at": pd.DatetimeIndex(model_send_at.view("datetime64[ns]")).tz_localize("UTC"),
             "model_versions": [dict(audience.model_versions) for _ in range(n)],
             "state": state,
             "timezone": users["timezone"].astype(str).to_numpy(),
@@ -270,9 +279,10 @@ def arbitrate_caps(
 
     For each send that would break a cap, in this order: it stays if displacing other campaigns'
     movable (not yet queued) items of lower (priority, value) makes room, weakest first; else it
-    is deferred to its best admissible open slot in the window (reason `deferred`); else it is
-    skipped with reason `capped`. Then `campaign_total` keeps the most valuable sends, counting
-    the `dispatched` ones already queued or sent. Holdouts are untouched: they send nothing.
+    is deferred to its best admissible open slot in the window (reason `deferred`; `model_send_at`
+    stays the models' slot); else it is skipped with reason `capped`. Then `campaign_total` keeps
+    the most valuable sends, counting the `dispatched` ones already queued or sent. Holdouts are
+    untouched: they send nothing.
     `items` must be `plan(campaign, audience, now, ...)`'s result, rows aligned with the audience.
     """
     quiet = quiet or QuietHours()

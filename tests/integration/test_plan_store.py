@@ -89,6 +89,14 @@ def test_items_round_trip_paginate_and_filter(store: PlanStore) -> None:
     row = planned.set_index("plan_id").loc[first.plan_id]
     assert first.send_at == row["send_at"] and first.variant_id == row["variant_id"]
     assert first.model_versions == {"send-hour": "3"}
+    # The models' own choice round-trips on every item, null where the planner never timed it.
+    stored = {i.plan_id: (i.model_variant_id, i.model_send_at) for i in seen}
+    choices = planned.set_index("plan_id")[["model_variant_id", "model_send_at"]]
+    assert stored == {p: (v, None if pd.isna(at) else at) for p, v, at in choices.itertuples()}
+    assert {at is None for _, at in stored.values()} == {True, False}
+    assert any(
+        i.model_send_at and (i.model_variant_id, i.model_send_at) != (i.variant_id, i.send_at) for i in seen
+    )
 
     holdouts = store.list_items("autumn", decision="holdout", limit=1000)
     assert {i.reason for i in holdouts} == {"holdout"} and len(holdouts) == counts.get("holdout", 0)

@@ -121,6 +121,8 @@ def test_a_stronger_held_send_defers_the_new_one_to_its_next_best_slot() -> None
     assert (item["decision"], item["reason"]) == ("send", "deferred")
     assert item["send_at"] == at("2026-06-02T19:00:00Z")  # the same best hour, the next day
     assert pd.Timestamp(item["local_send_at"]) == item["send_at"]
+    # The models' choice stays what it was before the caps moved the send.
+    assert (item["model_variant_id"], item["model_send_at"]) == ("a", at("2026-06-01T19:00:00Z"))
 
 
 def test_with_no_room_in_the_window_the_new_send_is_capped() -> None:
@@ -129,6 +131,7 @@ def test_with_no_room_in_the_window_the_new_send_is_capped() -> None:
     )
     item = result.items.iloc[0]
     assert (item["decision"], item["reason"], item["state"]) == ("skip", "capped", "suppressed")
+    assert (item["model_variant_id"], item["model_send_at"]) == ("a", at("2026-06-01T19:00:00Z"))
 
 
 def test_a_more_valuable_new_send_displaces_a_movable_weaker_one() -> None:

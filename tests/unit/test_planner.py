@@ -117,6 +117,39 @@ def test_properties_of_every_plan(case: tuple[Campaign, Audience, datetime, Quie
     pd.testing.assert_frame_equal(items, again)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans())
+def test_every_timed_item_keeps_the_models_choice(
+    case: tuple[Campaign, Audience, datetime, QuietHours, int],
+) -> None:
+    window, people, now, quiet, seed = case
+    items = plan(window, people, now, seed=seed, quiet=quiet)
+    assert str(items["model_send_at"].dtype) == "datetime64[ns, UTC]"
+
+    untimed = items["reason"].isin(["opted_out", "no_window", "quiet_hours"])
+    assert items.loc[untimed, "model_variant_id"].isna().all()
+    assert items.loc[untimed, "model_send_at"].isna().all()
+
+    # The models' choice is what the same plan without exploration carries, whatever was explored:
+    # holdouts and low-value skips included.
+    timed = items[~untimed]
+    greedy = plan(window.model_copy(update={"exploration": 0.0}), people, now, seed=seed, quiet=quiet)
+    greedy = greedy.set_index("plan_id").loc[timed["plan_id"]]
+    assert timed["model_variant_id"].tolist() == greedy["variant_id"].tolist()
+    assert timed["model_send_at"].tolist() == greedy["send_at"].tolist()
+
+    carries_it = (timed["variant_id"] == timed["model_variant_id"]) & (
+        timed["send_at"] == timed["model_send_at"]
+    )
+    sends = timed["decision"] == "send"
+    assert (carries_it[sends] == (timed.loc[sends, "reason"] != "exploration")).all()
+    # Elsewhere the reason hides exploration; the propensity still tells: the greedy choice is
+    # logged at 1 − ε + ε / (H × V) or more, any other at ε / (H × V), at most ε / V.
+    epsilon, n_variants = window.exploration, len(window.variants)
+    assert (timed.loc[carries_it, "propensity"] >= 1 - epsilon - 1e-12).all()
+    assert (timed.loc[~carries_it, "propensity"] <= epsilon / n_variants + 1e-12).all()
+
+
 def test_holdout_share_stays_within_tolerance_and_is_stable_per_user() -> None:
     window = campaign(datetime(2026, 6, 1, tzinfo=UTC), hours=48, holdout=0.1)
     people = audience(6000, seed=1)
