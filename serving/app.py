@@ -14,7 +14,7 @@ from dispatch.plan_store import PlanStore, migrate
 from pushplan.settings import Settings, get_settings
 from serving.deps import AUTH_RESPONSES, BODY_RESPONSES, Problem
 from serving.models import ModelSet
-from serving.routes import campaigns, dispatch, events, health, plans
+from serving.routes import campaigns, dispatch, events, health, plans, reports
 
 MAX_BODY_BYTES = 8 << 20
 REQUESTS = Counter("pushplan_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.include_router(health.router)
-    for router in (campaigns.router, events.router, dispatch.router):
+    for router in (campaigns.router, events.router, dispatch.router, reports.router):
         app.include_router(router, responses=AUTH_RESPONSES)
     # Both plan routes answer 404 when the campaign they name does not exist; POST /v1/plans has a body.
     unknown_campaign: dict[int | str, dict[str, Any]] = {

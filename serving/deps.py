@@ -76,3 +76,4 @@ def require(*roles: Role) -> Callable[..., Role]:
 
 CampaignRole = Annotated[Role, Depends(require(Role.campaign))]
 ReaderRole = Annotated[Role, Depends(require(Role.campaign, Role.operator))]
+OperatorRole = Annotated[Role, Depends(require(Role.operator))]

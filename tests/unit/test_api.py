@@ -106,6 +106,10 @@ def test_campaigns_plans_and_items(served: tuple[TestClient, dict[Role, str], Se
         if after is None:
             break
     assert len(pages) == 300
+    # The models' own choice comes back from the store as the plan made it.
+    choice = {i["plan_id"]: (i["model_variant_id"], i["model_send_at"]) for i in stored["items"]}
+    assert {i["plan_id"]: (i["model_variant_id"], i["model_send_at"]) for i in pages} == choice
+    assert any(at is not None for _, at in choice.values())
     holdouts = client.get(
         "/v1/campaigns/bf/plan-items", params={"decision": "holdout", "limit": 1000}, headers=headers
     ).json()
@@ -114,6 +118,34 @@ def test_campaigns_plans_and_items(served: tuple[TestClient, dict[Role, str], Se
         client.get("/v1/campaigns/bf/plan-items", params={"decision": "maybe"}, headers=headers).status_code
         == 422
     )
+
+
+def test_reports_are_for_operators(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
+    client, keys, _ = served
+    headers = {"X-API-Key": keys[Role.campaign]}
+    client.post("/v1/campaigns", json=CAMPAIGN, headers=headers)
+    users = [f"u{i:07d}" for i in range(200)]
+    client.post("/v1/plans", json={"campaign_id": "bf", "user_ids": users, "now": NOW}, headers=headers)
+    path = "/v1/reports/campaigns/bf"
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers=headers).status_code == 403
+    operator = {"X-API-Key": keys[Role.operator]}
+    report = client.get(path, headers=operator)
+    assert report.status_code == 200
+    body = report.json()
+    # Planned, nothing sent yet: everyone randomized is counted, every outcome is still 0.
+    assert set(body["arms"]) == {"campaign", "holdout"} and sum(body["arms"].values()) > 0
+    assert body["outcomes"]["clicked"]["arms"]["campaign"]["mean"] == 0.0
+    assert body["funnel"]["sent"] == 0 and body["srm"]["p_value"] is not None
+    page = client.get("/reports/campaigns/bf", headers=operator)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Black Friday" in page.text
+    assert client.get("/v1/reports/campaigns/none", headers=operator).status_code == 404
+    unplanned = {**CAMPAIGN, "campaign_id": "bf-later"}
+    client.post("/v1/campaigns", json=unplanned, headers=headers)
+    refused = client.get("/v1/reports/campaigns/bf-later", headers=operator)
+    assert refused.status_code == 409 and "plan it first" in refused.json()["detail"]
+    assert client.get(path, params={"horizon_hours": -1}, headers=operator).status_code == 422
 
 
 def test_invalid_input_is_422_naming_the_field(served: tuple[TestClient, dict[Role, str], Settings]) -> None:

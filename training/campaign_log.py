@@ -1,0 +1,235 @@
+"""A pushplan campaign read back as an experiment: one row per randomized user, the funnel, and the
+logged decisions that off-policy estimates need.
+
+Who is in the experiment: the planner (serving/planner.py) draws the holdout among users it could
+time, so everyone it skipped *before* that draw (opted out, no slot in the window, only quiet hours)
+was never randomized and is left out. Everyone else is compared by assignment, not by what
+happened later: a treated user whose send was capped, expired or failed stays in the campaign arm
+("intent to treat"), since leaving them out would compare the holdout with a filtered, better-reached
+group. Holdout items carry the slot, variant and channel they would have been sent, so breakdowns by
+variant, local send hour and channel compare like with like.
+
+Outcomes per user, counted from the window's start to its end plus a horizon:
+- `opened`, `clicked`, `converted`, `unsubscribed`: the campaign's own (attributed) events; a holdout
+  has none by construction, so their lift is the campaign's rate itself;
+- `purchased` and `revenue`: every purchase, attributed or not, which is what the holdout measures:
+  what the users would have bought anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from dispatch.plan_store import PlanItemRow, PlanStore
+from features.event_store import EventStore
+from pushplan.domain import Campaign, Decision, EventType, Reason
+from pushplan.settings import Settings
+
+CAMPAIGN_ARM, HOLDOUT_ARM = "campaign", "holdout"
+DEFAULT_HORIZON = timedelta(days=3)
+# Skipped before the holdout draw: never randomized (see the module docstring).
+NOT_RANDOMIZED = (Reason.opted_out.value, Reason.no_window.value, Reason.quiet_hours.value)
+ATTRIBUTED = {
+    "opened": EventType.push_opened,
+    "clicked": EventType.push_clicked,
+    "converted": EventType.converted,
+    "unsubscribed": EventType.unsubscribed,
+}
+OUTCOMES = (*ATTRIBUTED, "purchased", "revenue")
+PLAN_COLUMNS = ("variant_id", "local_send_hour", "channel")
+# Stored features read as of the window's start: segments for the report, covariates for uplift models.
+FEATURE_REFS = (
+    "user_rfm:rfm_segment",
+    "user_rfm:lifecycle_stage",
+    "user_rfm:recency_days",
+    "user_rfm:frequency_90d",
+    "user_rfm:monetary_90d",
+    "user_rfm:days_since_active",
+    "user_engagement:activity_events",
+    "user_engagement:weekend_activity_share",
+    "user_profile:days_since_signup",
+    "user_fatigue:sends_7d",
+    "user_fatigue:clicks_30d",
+)
+USER_ATTRIBUTES = ("platform", "country", "timezone")
+
+
+class NoSuchCampaign(LookupError):
+    pass
+
+
+@dataclass
+class CampaignLog:
+    campaign: Campaign
+    span: tuple[datetime, datetime]
+    items: pd.DataFrame  # every plan item of the campaign
+    users: pd.DataFrame  # one row per randomized user: arm, outcomes, plan columns, segments, covariates
+    events: pd.DataFrame  # the campaign's attributed events in the span
+    revenue_all: float  # every purchase in the span, by anyone: the denominator of "share of revenue"
+    segments: list[str]  # columns of `users` worth a breakdown
+    covariates: list[str]  # columns of `users` an uplift model may use
+
+    @property
+    def objective_outcome(self) -> str:
+        return "converted" if self.campaign.objective.value == "conversions" else "clicked"
+
+
+def load_campaign_log(
+    settings: Settings, campaign_id: str, *, horizon: timedelta = DEFAULT_HORIZON
+) -> CampaignLog:
+    """Read a campaign's plan items, its events and its users' purchases into a CampaignLog."""
+    if horizon < timedelta(0):
+        raise ValueError("the horizon must not be negative")
+    store = PlanStore(settings)
+    campaign = store.get_campaign(campaign_id)
+    if campaign is None:
+        raise NoSuchCampaign(f"no campaign {campaign_id!r} in the plan store")
+    items = read_items(store, campaign_id)
+    if items.empty:
+        raise ValueError(f"campaign {campaign_id!r} has no plan items: plan it first")
+    span = (campaign.window.start, campaign.window.end + horizon)
+    events = EventStore(settings)
+    read = events.read_events(
+        ["user_id", "event_type", "timestamp", "campaign_id", "variant_id", "channel", "value", "propensity"],
+        start=span[0],
+        end=span[1],
+    )
+    purchases = read[read["event_type"] == EventType.purchase.value]
+    attributed = read[read["campaign_id"] == campaign_id]
+
+    randomized = items[~((items["decision"] == Decision.skip.value) & items["reason"].isin(NOT_RANDOMIZED))]
+    users = pd.DataFrame(
+        {
+            "user_id": randomized["user_id"].astype(str).to_numpy(),
+            "arm": np.where(randomized["decision"] == Decision.holdout.value, HOLDOUT_ARM, CAMPAIGN_ARM),
+            "variant_id": randomized["variant_id"].to_numpy(),
+            "local_send_hour": _local_hour(randomized["local_send_at"]).to_numpy(),
+            "channel": randomized["channel"].to_numpy(),
+        }
+    )
+    for outcome, kind in ATTRIBUTED.items():
+        who = set(attributed.loc[attributed["event_type"] == kind.value, "user_id"].astype(str))
+        users[outcome] = users["user_id"].isin(who).astype(int)
+    spent = purchases.groupby(purchases["user_id"].astype(str))["value"].agg(["size", "sum"])
+    users["purchased"] = (users["user_id"].map(spent["size"]).fillna(0) > 0).astype(int)
+    users["revenue"] = users["user_id"].map(spent["sum"]).fillna(0.0).astype(float)
+
+    attributes = _user_attributes(events, users["user_id"])
+    features = _features_at(settings, users["user_id"].tolist(), campaign.window.start)
+    users = pd.concat([users, attributes, features], axis=1)
+    segments = [c for c in ("rfm_segment", "lifecycle_stage", *USER_ATTRIBUTES) if c in users]
+    covariates = [c for c in users.columns if c in features or c in attributes]
+    return CampaignLog(
+        campaign=campaign,
+        span=span,
+        items=items,
+        users=users,
+        events=attributed,
+        revenue_all=float(purchases["value"].fillna(0.0).sum()),
+        segments=segments,
+        covariates=covariates,
+    )
+
+
+def read_items(store: PlanStore, campaign_id: str) -> pd.DataFrame:
+    """All of a campaign's plan items as a frame (timestamps UTC), in one query."""
+    table = PlanItemRow.__table__
+    query = sa.select(table).where(table.c.campaign_id == campaign_id).order_by(table.c.plan_id)
+    with store.engine.connect() as connection:
+        frame = pd.DataFrame(connection.execute(query).mappings().all())
+    if frame.empty:
+        return pd.DataFrame(columns=[c.name for c in table.columns])
+    for column in ("send_at", "sent_at", "model_send_at"):
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
+
+
+def funnel(log: CampaignLog) -> dict[str, object]:
+    """The push-industry funnel of the campaign arm, and the suppressions by reason.
+
+    Rates follow the industry's denominators: display (delivered / sent), open, click and order
+    rates per delivered message; value per delivered message counts attributed conversions' value.
+    """
+    items, events = log.items, log.events
+    kinds = events["event_type"]
+    sent = int((kinds == EventType.push_sent.value).sum())
+    delivered = int((kinds == EventType.push_delivered.value).sum())
+    opened = int((kinds == EventType.push_opened.value).sum())
+    clicked = int((kinds == EventType.push_clicked.value).sum())
+    converted = int((kinds == EventType.converted.value).sum())
+    value = float(events.loc[kinds == EventType.converted.value, "value"].fillna(0.0).sum())
+    reachable = int((items["reason"] != Reason.opted_out.value).sum())
+    planned = int((items["decision"] == Decision.send.value).sum())
+
+    def per(numerator: float, denominator: int) -> float | None:
+        return numerator / denominator if denominator else None
+
+    not_sent = items[
+        (items["decision"].isin([Decision.send.value, Decision.skip.value]))
+        & ~items["state"].isin(["sent", "planned", "queued"])
+        & ~items["reason"].isin([*NOT_RANDOMIZED])
+    ]
+    by_reason = (
+        not_sent.assign(reason=not_sent["reason"].fillna("(none)"), detail=not_sent["detail"].fillna(""))
+        .groupby(["state", "reason"], dropna=False)
+        .agg(items=("plan_id", "size"), example=("detail", "first"))
+        .reset_index()
+        .sort_values("items", ascending=False)
+    )
+    return {
+        "users": len(items),
+        "reachable": reachable,
+        "holdout": int((items["decision"] == Decision.holdout.value).sum()),
+        "planned_sends": planned,
+        "sent": sent,
+        "delivered": delivered,
+        "opened": opened,
+        "clicked": clicked,
+        "converted": converted,
+        "unsubscribed": int((kinds == EventType.unsubscribed.value).sum()),
+        "display_rate": per(delivered, sent),
+        "open_rate": per(opened, delivered),
+        "click_rate": per(clicked, delivered),
+        "order_rate": per(converted, delivered),
+        "attributed_revenue": value,
+        "value_per_delivered": per(value, delivered),
+        "revenue_all": log.revenue_all,
+        "revenue_share": value / log.revenue_all if log.revenue_all else None,
+        "not_sent": [
+            {"state": r.state, "reason": r.reason, "items": int(r.items), "example": r.example or None}
+            for r in by_reason.itertuples(index=False)
+        ],
+    }
+
+
+def _local_hour(local_send_at: pd.Series) -> pd.Series:
+    """The local hour of an ISO 8601 local time with offset ("2026-11-01T19:00:00+01:00" → 19)."""
+    text = local_send_at.astype("string")
+    return pd.to_numeric(text.str.slice(11, 13), errors="coerce").astype("Int64")
+
+
+def _user_attributes(events: EventStore, user_ids: pd.Series) -> pd.DataFrame:
+    users = events.read_users()
+    wanted = [c for c in USER_ATTRIBUTES if c in users]
+    by_id = users.assign(user_id=users["user_id"].astype(str)).drop_duplicates("user_id").set_index("user_id")
+    return by_id.reindex(user_ids.to_numpy())[wanted].reset_index(drop=True)
+
+
+def _features_at(settings: Settings, user_ids: list[str], at: datetime) -> pd.DataFrame:
+    """FEATURE_REFS as of `at` from Feast's offline store; none when no feature repo is applied."""
+    if not (settings.feast_dir / "registry.db").exists() or not user_ids:
+        return pd.DataFrame(index=range(len(user_ids)))
+    from features.store import feature_store, read_stored
+
+    store = feature_store(settings)
+    known = {f"{view.name}:{field.name}" for view in store.list_feature_views() for field in view.features}
+    refs = [ref for ref in FEATURE_REFS if ref in known]
+    if not refs:
+        return pd.DataFrame(index=range(len(user_ids)))
+    return read_stored(store, user_ids, refs, source="offline", at=at).reset_index(drop=True)
