@@ -461,6 +461,10 @@ def report(
         list[str] | None,
         typer.Option("--segment-column", help="A column to break results down by; repeatable."),
     ] = None,
+    covariate: Annotated[
+        list[str] | None,
+        typer.Option("--covariate", help="A column known before assignment, for uplift models; repeatable."),
+    ] = None,
     expected_share: Annotated[
         list[str] | None,
         typer.Option(
@@ -468,7 +472,8 @@ def report(
         ),
     ] = None,
     horizon_hours: Annotated[
-        float, typer.Option(min=0, help="Campaigns: hours after the window's end that outcomes count.")
+        float,
+        typer.Option(min=0, max=24 * 90, help="Campaigns: hours after the window's end that outcomes count."),
     ] = 72.0,
     out_path: Annotated[Path | None, typer.Option("--out", help="Write the HTML page here.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
@@ -511,18 +516,21 @@ def report(
                 control,
                 outcome,
                 segments=segment_column or [],
+                covariates=covariate or [],
                 expected_share=parse_shares(expected_share or []) or None,
             )
             default_out = experiment_log.with_suffix(".report.html")
-    except (NoSuchCampaign, FileNotFoundError, ValueError) as exc:
+        html_path = write_report(built, out_path or default_out, json_path)
+    except (NoSuchCampaign, OSError, ValueError) as exc:  # FileNotFoundError is an OSError
         err.print(f"[red]cannot report[/]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
-    html_path = write_report(built, out_path or default_out, json_path)
     out.print(f"report: {html_path}" + (f" and {json_path}" if json_path else ""), highlight=False)
     out.print(headline_text(built), highlight=False)
-    if campaign is not None:  # what the holdout adds: purchases people would have made anyway
+    if campaign is not None and built["headline"]:  # what the holdout adds: purchases made anyway
         out.print(lift_text(built, "revenue"), highlight=False)
-    if built["srm"]["mismatch"]:
+    if built.get("note"):
+        err.print(f"[yellow]{built['note']}[/]", highlight=False)
+    if built["srm"] and built["srm"]["mismatch"]:
         err.print(f"[yellow]sample ratio mismatch[/] (p = {built['srm']['p_value']:.2g}): check assignment")
 
 

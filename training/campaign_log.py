@@ -63,6 +63,10 @@ class NoSuchCampaign(LookupError):
     pass
 
 
+class NothingToReport(ValueError):
+    """The campaign exists but has no plan items yet."""
+
+
 @dataclass
 class CampaignLog:
     campaign: Campaign
@@ -75,7 +79,14 @@ class CampaignLog:
     covariates: list[str]  # columns of `users` an uplift model may use
 
     @property
-    def objective_outcome(self) -> str:
+    def headline_outcome(self) -> str:
+        """What the campaign changed on its objective: clicks (none happen without a message), or for
+        conversions, purchases (attributed conversions would count people who buy anyway)."""
+        return "purchased" if self.campaign.objective.value == "conversions" else "clicked"
+
+    @property
+    def reward_outcome(self) -> str:
+        """The objective per message, as off-policy estimates score a policy's choices."""
         return "converted" if self.campaign.objective.value == "conversions" else "clicked"
 
 
@@ -91,7 +102,7 @@ def load_campaign_log(
         raise NoSuchCampaign(f"no campaign {campaign_id!r} in the plan store")
     items = read_items(store, campaign_id)
     if items.empty:
-        raise ValueError(f"campaign {campaign_id!r} has no plan items: plan it first")
+        raise NothingToReport(f"campaign {campaign_id!r} has no plan items: plan it first")
     span = (campaign.window.start, campaign.window.end + horizon)
     events = EventStore(settings)
     read = events.read_events(
@@ -108,8 +119,8 @@ def load_campaign_log(
             "user_id": randomized["user_id"].astype(str).to_numpy(),
             "arm": np.where(randomized["decision"] == Decision.holdout.value, HOLDOUT_ARM, CAMPAIGN_ARM),
             "variant_id": randomized["variant_id"].to_numpy(),
-            "local_send_hour": _local_hour(randomized["local_send_at"]).to_numpy(),
-            "channel": randomized["channel"].to_numpy(),
+            "local_send_hour": planned_local_hour(randomized).to_numpy(),
+            "channel": planned_channel(randomized, campaign).to_numpy(),
         }
     )
     for outcome, kind in ATTRIBUTED.items():
@@ -170,10 +181,12 @@ def funnel(log: CampaignLog) -> dict[str, object]:
     def per(numerator: float, denominator: int) -> float | None:
         return numerator / denominator if denominator else None
 
+    # Randomized items that did not go out: dispatch's suppressions (capped, quiet hours at the send
+    # instant, expired, cancelled), failures and the planner's own skips after the draw (low_value).
     not_sent = items[
         (items["decision"].isin([Decision.send.value, Decision.skip.value]))
         & ~items["state"].isin(["sent", "planned", "queued"])
-        & ~items["reason"].isin([*NOT_RANDOMIZED])
+        & ~((items["decision"] == Decision.skip.value) & items["reason"].isin(NOT_RANDOMIZED))
     ]
     by_reason = (
         not_sent.assign(reason=not_sent["reason"].fillna("(none)"), detail=not_sent["detail"].fillna(""))
@@ -206,6 +219,33 @@ def funnel(log: CampaignLog) -> dict[str, object]:
             for r in by_reason.itertuples(index=False)
         ],
     }
+
+
+def planned_channel(items: pd.DataFrame, campaign: Campaign) -> pd.Series:
+    """The channel each item was planned on: a fallback re-send (fallback_step n) moved a campaign item
+    n channels down the campaign's list, which its holdout twin never is, so breaking results down by
+    the channel it ended on would compare non-openers with everyone."""
+    order = [channel.value for channel in campaign.channels]
+    steps = items["fallback_step"].fillna(0).astype(int) if "fallback_step" in items else 0
+    position = items["channel"].map({c: i for i, c in enumerate(order)})
+    planned = (position - steps).where(position.notna())
+    return planned.map(lambda i: order[int(i)] if pd.notna(i) and 0 <= i < len(order) else None).where(
+        position.notna(), items["channel"]
+    )
+
+
+def planned_local_hour(items: pd.DataFrame) -> pd.Series:
+    """The local hour each item was planned for. A send the caps deferred was moved after the holdout
+    draw (holdouts are never deferred), so its hour is the models' choice (`model_send_at`) in its zone,
+    not the slot it was moved to."""
+    hours = _local_hour(items["local_send_at"])
+    if "model_send_at" not in items:
+        return hours
+    deferred = (items["reason"] == Reason.deferred.value) & items["model_send_at"].notna()
+    for zone, rows in items[deferred].groupby("timezone").groups.items():
+        local = pd.to_datetime(items.loc[rows, "model_send_at"], utc=True).dt.tz_convert(str(zone))
+        hours.loc[rows] = local.dt.hour.to_numpy()
+    return hours
 
 
 def _local_hour(local_send_at: pd.Series) -> pd.Series:

@@ -27,6 +27,12 @@ from statsmodels.stats.weightstats import DescrStatsW
 Kind = Literal["binary", "numeric"]
 
 MISSING_SEGMENT = "(missing)"
+
+
+class TooFew(ValueError):
+    """An arm with too few observations to compare: reported as skipped, not raised, by compare_arms."""
+
+
 # The usual alarm threshold for a sample ratio mismatch: an SRM check runs on every experiment, so it needs a
 # far stricter level than 0.05 to keep false alarms rare, and a real assignment bug at report-sized n gives
 # p-values many orders of magnitude below it anyway.
@@ -224,7 +230,7 @@ def compare_arms(
     compare_means. Arms are the other values of arm_column (as str), sorted; kinds default to outcome_kind of
     each column. An arm's n is its number of non-missing values of that outcome."""
     _check_alpha(alpha)
-    labels = _arm_labels(frame, arm_column, control)
+    labels = arm_labels(frame, arm_column, control)
     outcome_list = _outcome_list(frame, outcomes)
     resolved = _resolve_kinds(frame, outcome_list, kinds)
     control = str(control)
@@ -253,7 +259,7 @@ def compare_by(
     """
     _check_alpha(alpha)
     _require_columns(frame, [by], "segment")
-    labels = _arm_labels(frame, arm_column, control)
+    labels = arm_labels(frame, arm_column, control)
     outcome_list = _outcome_list(frame, outcomes)
     resolved = _resolve_kinds(frame, outcome_list, kinds)
     control = str(control)
@@ -308,6 +314,11 @@ def _compare(
             raise ValueError(f"outcome column {outcome!r} is not numeric ({error})") from error
         if kind == "binary" and not np.isin(values[~np.isnan(values)], (0.0, 1.0)).all():
             raise ValueError(f"outcome {outcome!r} is treated as binary but holds values other than 0/1")
+        if np.isinf(values).any():
+            raise ValueError(
+                f"outcome {outcome!r} has {int(np.isinf(values).sum())} infinite value(s); "
+                "fix or drop those rows"
+            )
         control_values = values[is_control]
         try:
             if kind == "binary":
@@ -316,6 +327,16 @@ def _compare(
                 control_summary = _rate_summary(cs, cn, alpha)
             else:
                 control_summary = _mean_summary(_clean("control", control_values), alpha)
+        except TooFew as error:  # nothing to compare any arm with: say so rather than fail the report
+            note = f"outcome {outcome!r}, control {control!r}: {error}"
+            count = int((~np.isnan(control_values)).sum())
+            result[outcome] = {
+                "kind": kind,
+                "control": {"n": count, "mean": None},
+                "arms": {},
+                "skipped": note,
+            }
+            continue
         except ValueError as error:
             raise ValueError(f"outcome {outcome!r}, control {control!r}: {error}") from error
         per_arm: dict[str, Any] = {}
@@ -327,6 +348,9 @@ def _compare(
                     comparison = compare_rates(cs, cn, int(arm_values.sum()), arm_values.size, alpha)
                 else:
                     comparison = compare_means(control_values, arm_values, alpha)
+            except TooFew as error:
+                per_arm[arm] = {"n": int((~np.isnan(arm_values)).sum()), "mean": None, "skipped": str(error)}
+                continue
             except ValueError as error:
                 raise ValueError(
                     f"outcome {outcome!r}, arm {arm!r} against control {control!r}: {error}"
@@ -393,7 +417,9 @@ def _fieller(
     return (mean_a * mean_c - half) / a, (mean_a * mean_c + half) / a
 
 
-def _arm_labels(frame: pd.DataFrame, arm_column: str, control: str) -> pd.Series:
+def arm_labels(frame: pd.DataFrame, arm_column: str, control: str) -> pd.Series:
+    """Each row's arm as a label ("0", not "0.0"); a row with no arm or a control absent from the data is an
+    error naming the column."""
     _require_columns(frame, [arm_column], "arm")
     raw = frame[arm_column]
     missing = int(raw.isna().sum())
@@ -486,7 +512,7 @@ def _whole(name: str, value: Any) -> int:
 def _count(name: str, successes: Any, n: Any) -> tuple[int, int]:
     successes, n = _whole(f"{name} successes", successes), _whole(f"{name} n", n)
     if n == 0:
-        raise ValueError(f"{name} has no observations (n={n})")
+        raise TooFew(f"{name} has no observations (n={n})")
     if not 0 <= successes <= n:
         raise ValueError(f"{name} has {successes} successes out of n={n}")
     return successes, n
@@ -496,7 +522,7 @@ def _clean(name: str, values: np.ndarray) -> np.ndarray:
     array = np.asarray(values, dtype="float64").ravel()
     array = array[~np.isnan(array)]
     if array.size < 2:
-        raise ValueError(f"{name} has {array.size} non-missing values; comparing means needs at least 2")
+        raise TooFew(f"{name} has {array.size} non-missing values; comparing means needs at least 2")
     return array
 
 

@@ -78,7 +78,7 @@ def campaign_policy_values(
 ) -> dict[str, Any]:
     """The model's choice vs exploration among the sent, and the off-policy values of both policies."""
     campaign, items = log.campaign, log.items
-    outcome = log.objective_outcome
+    outcome = log.reward_outcome
     reward_of = log.users.set_index("user_id")[outcome]
     sent = items[(items["state"] == "sent") & (items["decision"] == "send")].copy()
     sent["reward"] = sent["user_id"].astype(str).map(reward_of).fillna(0).to_numpy(dtype=float)
@@ -92,7 +92,8 @@ def campaign_policy_values(
     }
     greedy_rows, explore_rows = sent[~explored & ~deferred], sent[explored & ~deferred]
     if len(greedy_rows) and len(explore_rows):
-        # Among the sent: the model's choices against exploration's (randomized by the exploration draw).
+        # Among the sent: the models' choices against exploration's. Nearly randomized (the exploration
+        # draw decides), though a draw that lands on the models' choice counts as the models'.
         result["model_vs_exploration"] = compare_rates(
             int(explore_rows["reward"].sum()),
             len(explore_rows),
@@ -118,6 +119,13 @@ def campaign_policy_values(
     model_probability = is_model.to_numpy(dtype=float)
     eps = campaign.exploration
     uniform_probability = (logged["propensity"].to_numpy() - (1 - eps) * model_probability) / eps
+    if not ((uniform_probability > 0) & (uniform_probability <= 1 + 1e-9)).all():
+        # The propensities were logged under another exploration rate than the campaign has now.
+        result["skipped"] = (
+            f"the logged propensities do not fit the campaign's exploration rate {eps}: was it changed "
+            "after planning? Off-policy values need the rate the items were planned with"
+        )
+        return result
 
     direct = _direct_method(log, logged, quiet_start, quiet_end, seed) if has_choice else None
     reward = logged["reward"].to_numpy()

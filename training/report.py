@@ -27,11 +27,20 @@ from training.campaign_log import (
     funnel,
     load_campaign_log,
 )
-from training.experiment import Kind, compare_arms, compare_by, outcome_kind, sample_ratio_check
+from training.experiment import (
+    Kind,
+    arm_labels,
+    compare_arms,
+    compare_by,
+    outcome_kind,
+    sample_ratio_check,
+)
 from training.policy_value import campaign_policy_values
 from training.uplift import uplift_analysis
 
 REPORT_VERSION = 1
+# More values than this is a continuous column, not a segment: hundreds of tiny segments are noise.
+MAX_SEGMENT_VALUES = 50
 
 
 def experiment_report(
@@ -45,6 +54,7 @@ def experiment_report(
     covariates: Sequence[str] | None = None,
     uplift_outcome: str | None = None,
     uplift_segments: Sequence[str] | None = None,
+    headline_outcome: str | None = None,
     title: str = "Experiment",
     source: Mapping[str, Any] | None = None,
     seed: int = 0,
@@ -53,28 +63,40 @@ def experiment_report(
 
     `expected_share` gives the intended share of each arm (equal shares when omitted); `covariates`
     are the columns an uplift model may use (default: the segment columns); `uplift_outcome` the one
-    outcome it models (default: the first); `uplift_segments` the segments it summarises (default: all).
+    outcome it models (default: the first); `uplift_segments` the segments it summarises (default: all);
+    `headline_outcome` the outcome of the report's one-line headline (default: the first).
     """
     if not outcomes:
         raise ValueError("name at least one outcome")
-    missing = [c for c in (arm_column, *outcomes, *segments) if c not in frame]
+    missing = [c for c in (*outcomes, *segments, *(covariates or ())) if c not in frame]
     if missing:
         raise ValueError(f"no column(s) {', '.join(missing)}; the columns are {', '.join(map(str, frame))}")
-    arms = sorted(frame[arm_column].dropna().astype(str).unique())
-    if control not in arms:
-        raise ValueError(f"no {arm_column} = {control!r} (control) in the data; arms are {', '.join(arms)}")
+    labels = arm_labels(frame, arm_column, control)  # names a missing arm value or control
+    frame = frame.assign(**{arm_column: labels})
+    arms = sorted(labels.unique())
     if len(arms) < 2:
         raise ValueError(f"only one arm ({control!r}) in {arm_column}: nothing to compare it with")
-    frame = frame.assign(**{arm_column: frame[arm_column].astype(str)})
-    kinds: dict[str, Kind] = {outcome: outcome_kind(frame[outcome]) for outcome in outcomes}
-    shares = dict(expected_share) if expected_share else {arm: 1 / len(arms) for arm in arms}
-    unknown = sorted(set(shares) - set(arms))
-    if unknown:
+    too_many = {c: int(frame[c].nunique()) for c in segments if frame[c].nunique() > MAX_SEGMENT_VALUES}
+    if too_many:
         raise ValueError(
-            f"expected shares name arm(s) {', '.join(unknown)} not in the data ({', '.join(arms)})"
+            "segment column(s) with more than "
+            f"{MAX_SEGMENT_VALUES} values: {', '.join(f'{c} ({n:,})' for c, n in too_many.items())}; "
+            "bin them first (e.g. tenure in bands), or use them as covariates"
         )
-    shares = {arm: float(shares.get(arm, 0.0)) for arm in arms}
+    kinds: dict[str, Kind] = {outcome: outcome_kind(frame[outcome]) for outcome in outcomes}
+    if expected_share:
+        unshared = [arm for arm in arms if arm not in expected_share]
+        if unshared:
+            raise ValueError(
+                f"no expected share for arm(s) {', '.join(unshared)}: give one for every arm "
+                f"({', '.join(arms)}), or none for equal shares"
+            )
+        shares = {str(arm): float(share) for arm, share in expected_share.items()}
+    else:
+        shares = {arm: 1 / len(arms) for arm in arms}
     counts = frame[arm_column].value_counts()
+    # An arm meant to get a share but with no rows is the plainest sample ratio mismatch: counted as 0.
+    observed = {arm: int(counts.get(arm, 0)) for arm in sorted(set(arms) | set(shares))}
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "title": title,
@@ -82,9 +104,9 @@ def experiment_report(
         "source": dict(source or {}),
         "arm_column": arm_column,
         "control": control,
-        "arms": {arm: int(counts.get(arm, 0)) for arm in arms},
+        "arms": observed,
         **compare_arms(frame, arm_column, control, outcomes, kinds=kinds),
-        "srm": sample_ratio_check({arm: int(counts.get(arm, 0)) for arm in arms}, shares),
+        "srm": sample_ratio_check(observed, shares),
         "segments": {
             column: compare_by(frame, column, arm_column, control, outcomes, kinds=kinds)
             for column in segments
@@ -105,7 +127,7 @@ def experiment_report(
         for arm in arms
         if arm != control
     }
-    report["headline"] = headline(report, target)
+    report["headline"] = headline(report, headline_outcome or outcomes[0])
     return report
 
 
@@ -115,33 +137,61 @@ def campaign_report(
     """The report of a pushplan campaign: holdout comparison, funnel, breakdowns and policy values."""
     log = load_campaign_log(settings, campaign_id, horizon=horizon)
     campaign = log.campaign
-    headline_outcome = log.objective_outcome
-    report = experiment_report(
-        log.users,
-        "arm",
-        HOLDOUT_ARM,
-        list(OUTCOMES),
-        segments=[*PLAN_COLUMNS, *log.segments],
-        expected_share={HOLDOUT_ARM: campaign.holdout_fraction, CAMPAIGN_ARM: 1 - campaign.holdout_fraction},
-        covariates=log.covariates,
-        # What the holdout can tell and the campaign's own events cannot: purchases people would have
-        # made anyway. (Attributed outcomes are 0 in the holdout by construction.)
-        uplift_outcome="purchased",
-        uplift_segments=log.segments,  # who the message moves; the plan's own columns are not users' traits
-        title=f"Campaign {campaign.name} ({campaign.campaign_id})",
-        source={
-            "kind": "campaign",
-            "campaign_id": campaign.campaign_id,
-            "objective": campaign.objective.value,
-            "window": {"start": campaign.window.start.isoformat(), "end": campaign.window.end.isoformat()},
-            "span_end": log.span[1].isoformat(),
-            "horizon_hours": horizon.total_seconds() / 3600,
-            "holdout_fraction": campaign.holdout_fraction,
-            "variants": {v.variant_id: v.title for v in campaign.variants},
-        },
-        seed=seed,
-    )
-    report["headline"] = headline(report, headline_outcome)
+    source = {
+        "kind": "campaign",
+        "campaign_id": campaign.campaign_id,
+        "objective": campaign.objective.value,
+        "window": {"start": campaign.window.start.isoformat(), "end": campaign.window.end.isoformat()},
+        "span_end": log.span[1].isoformat(),
+        "horizon_hours": horizon.total_seconds() / 3600,
+        "holdout_fraction": campaign.holdout_fraction,
+        "variants": {v.variant_id: v.title for v in campaign.variants},
+    }
+    title = f"Campaign {campaign.name} ({campaign.campaign_id})"
+    # A segment with more values than a report can show (a zone list of hundreds) is left out, named.
+    segments = [c for c in log.segments if log.users[c].nunique() <= MAX_SEGMENT_VALUES]
+    arms = log.users["arm"].value_counts()
+    if arms.get(HOLDOUT_ARM, 0) == 0 or arms.get(CAMPAIGN_ARM, 0) == 0:
+        report: dict[str, Any] = {
+            "version": REPORT_VERSION,
+            "title": title,
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": source,
+            "arm_column": "arm",
+            "control": HOLDOUT_ARM,
+            "arms": {arm: int(arms.get(arm, 0)) for arm in (CAMPAIGN_ARM, HOLDOUT_ARM)},
+            "outcomes": {},
+            "srm": None,
+            "segments": {},
+            "uplift": {},
+            "headline": None,
+            "note": "no holdout users (holdout_fraction 0, or none planned): what the campaign changed "
+            "cannot be measured; the funnel and policy values below still hold"
+            if arms.get(HOLDOUT_ARM, 0) == 0
+            else "no campaign users: every randomized user is in the holdout",
+        }
+    else:
+        report = experiment_report(
+            log.users,
+            "arm",
+            HOLDOUT_ARM,
+            list(OUTCOMES),
+            segments=[*PLAN_COLUMNS, *segments],
+            expected_share={
+                HOLDOUT_ARM: campaign.holdout_fraction,
+                CAMPAIGN_ARM: 1 - campaign.holdout_fraction,
+            },
+            covariates=log.covariates,
+            # What the holdout can tell and the campaign's own events cannot: purchases people would
+            # have made anyway. (Attributed outcomes are 0 in the holdout by construction.)
+            uplift_outcome="purchased",
+            uplift_segments=segments,  # who the message moves; the plan's columns are not users' traits
+            headline_outcome=log.headline_outcome,
+            title=title,
+            source=source,
+            seed=seed,
+        )
+        report["segments_left_out"] = sorted(set(log.segments) - set(segments))
     report["funnel"] = funnel(log)
     report["policy"] = campaign_policy_values(
         log, settings.quiet_start_hour, settings.quiet_end_hour, seed=seed
@@ -156,14 +206,17 @@ def experiment_log_report(
     outcomes: Sequence[str],
     *,
     segments: Sequence[str] = (),
+    covariates: Sequence[str] = (),
     expected_share: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The report of an imported experiment log: CSV or parquet, one row per user (no id needed)."""
+    """The report of an imported experiment log: CSV or parquet, one row per user (no id needed).
+
+    The uplift models use the segment columns and the named `covariates`, never other columns: a log
+    often holds outcomes measured after assignment, and a model that reads them "predicts" uplift
+    from its consequences.
+    """
     frame = read_experiment_log(path)
-    used = {arm_column, *outcomes, *segments}
-    # Other columns with a few values or numbers describe users: the uplift model may use them.
-    covariates = [*segments, *(c for c in frame.columns if c not in used and _usable_covariate(frame[c]))]
     report = experiment_report(
         frame,
         arm_column,
@@ -171,7 +224,7 @@ def experiment_log_report(
         outcomes,
         segments=segments,
         expected_share=expected_share,
-        covariates=covariates,
+        covariates=[*segments, *covariates],
         title=f"Experiment log {path.name}",
         source={"kind": "experiment_log", "path": str(path), "rows": len(frame)},
         seed=seed,
@@ -214,6 +267,8 @@ def headline(report: Mapping[str, Any], outcome: str) -> dict[str, Any] | None:
     if not result or not result.get("arms"):
         return None
     arm, numbers = next(iter(result["arms"].items()))
+    if numbers.get("skipped"):
+        return None
     return {
         "outcome": outcome,
         "arm": arm,
@@ -231,7 +286,7 @@ def headline_text(report: Mapping[str, Any]) -> str:
     """One line: "clicked: +3.10 pp (95 % CI +2.50 pp to +3.70 pp), campaign vs holdout, p < 0.001"."""
     line = report.get("headline")
     if not line:
-        return "no headline: the report has no treatment arm"
+        return report.get("note") or "no headline: nothing to compare"
     return lift_text(report, line["outcome"])
 
 
@@ -267,7 +322,10 @@ def _uplift(
     pair = frame[frame[arm_column].isin([control, arm])].reset_index(drop=True)
     usable = [c for c in dict.fromkeys(covariates) if c in pair and c not in (arm_column, outcome)]
     if not usable:
-        return {"outcome": outcome, "skipped": "no covariates to model uplift on (name --segment-column)"}
+        return {
+            "outcome": outcome,
+            "skipped": "no covariates to model uplift on (name --segment-column or --covariate)",
+        }
     return uplift_analysis(
         pair,
         usable,
@@ -276,10 +334,6 @@ def _uplift(
         segments=[s for s in segments if s in pair],
         seed=seed,
     )
-
-
-def _usable_covariate(values: pd.Series) -> bool:
-    return bool(pd.api.types.is_numeric_dtype(values) or values.nunique(dropna=True) <= 50)
 
 
 def _json_safe(value: Any) -> Any:

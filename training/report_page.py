@@ -30,6 +30,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         lift=_lift,
         rel=_relative,
         fmt_p=_p,
+        arm_names=[arm for arm in report.get("arms", {}) if arm != report.get("control")],
     )
 
 
@@ -62,7 +63,13 @@ def _outcome_chart(report: Mapping[str, Any]) -> str:
     """Rates of the binary outcomes, control beside each arm, with 95 % intervals."""
     import matplotlib.pyplot as plt
 
-    binary = {name: o for name, o in report["outcomes"].items() if o["kind"] == "binary"}
+    binary = {
+        name: o
+        for name, o in report["outcomes"].items()
+        if o["kind"] == "binary"
+        and not o.get("skipped")
+        and not any(a.get("skipped") for a in o["arms"].values())
+    }
     if not binary:
         return ""
     arms = list(next(iter(binary.values()))["arms"])
@@ -113,10 +120,11 @@ def _segment_chart(column: str, values: Mapping[str, Any], outcome: str) -> str:
         if not numbers or not numbers["arms"]:
             continue
         arm = next(iter(numbers["arms"].values()))
-        if arm["lift_abs"] is None or not arm["lift_abs_ci"]:
+        ci = arm.get("lift_abs_ci")
+        if arm.get("lift_abs") is None or not ci or None in ci:
             continue
         scale = 100 if numbers["kind"] == "binary" else 1
-        rows.append((str(value), scale * arm["lift_abs"], [scale * c for c in arm["lift_abs_ci"]], scale))
+        rows.append((str(value), scale * arm["lift_abs"], [scale * c for c in ci], scale))
     if not rows:
         return ""
     fig, ax = plt.subplots(figsize=(7, 0.8 + 0.32 * len(rows)))

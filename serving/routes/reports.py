@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import HTMLResponse
 
 from serving.deps import AUTH_RESPONSES, OperatorRole, Problem
-from training.campaign_log import DEFAULT_HORIZON, NoSuchCampaign
+from training.campaign_log import DEFAULT_HORIZON, NoSuchCampaign, NothingToReport
 
 router = APIRouter(tags=["reports"])
 
@@ -44,7 +44,7 @@ def _report(request: Request, campaign_id: str, horizon_hours: float) -> dict[st
         )
     except NoSuchCampaign as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except ValueError as exc:
+    except NothingToReport as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
 

@@ -96,9 +96,12 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     assert report["srm"]["mismatch"] is False
     assert report["funnel"]["sent"] == counts["send"]
     assert {"variant_id", "local_send_hour", "channel", "rfm_segment"} <= set(report["segments"])
-    assert report["uplift"]["campaign"]["learners"]["t_learner"]["curve"]["fraction"][-1] == 1.0
+    uplift = report["uplift"]["campaign"]
+    assert uplift["outcome"] == "purchased" and uplift["rows"]["control"] == report["arms"]["holdout"]
+    assert {"rfm_segment", "lifecycle_stage"} <= set(uplift["segments"])
     policy = report["policy"]["policies"]
-    assert policy["model"]["dr"] is not None and policy["uniform"]["dr"] is not None
+    # The models' choices beat uniformly random ones by far here (0.94 against 0.21 of the oracle).
+    assert policy["model"]["dr"]["ci"][0] > policy["uniform"]["dr"]["ci"][1]
 
     # The same report served to an operator, as JSON and as a page that renders in headless Chromium.
     from pushplan.tour import running_service

@@ -41,7 +41,16 @@ def test_an_imported_experiment_log_gets_its_report(tmp_path: Path, env: dict[st
     ).to_parquet(log)
     page, report_json = tmp_path / "out" / "log.html", tmp_path / "out" / "log.json"
     args = ["report", "--experiment-log", str(log), "--arm-column", "variant", "--control", "control"]
-    args += ["--outcome", "ordered", "--outcome", "spend", "--segment-column", "plan"]
+    args += [
+        "--outcome",
+        "ordered",
+        "--outcome",
+        "spend",
+        "--segment-column",
+        "plan",
+        "--covariate",
+        "tenure_days",
+    ]
     args += ["--expected-share", "control=0.2", "--expected-share", "a=0.4", "--expected-share", "b=0.4"]
     done = run(*args, "--out", str(page), "--json", str(report_json), env=env)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -418,9 +419,13 @@ def test_bad_input_names_the_culprit() -> None:
         compare_rates(1, 10, 0, 0)
     with pytest.raises(ValueError, match=r"^arm has 1 non-missing values"):
         compare_means(np.array([1.0, 2.0]), np.array([3.0, np.nan]))
-    with pytest.raises(ValueError, match=r"outcome 'clicked', arm 'treatment'.*no observations"):
-        compare_arms(frame.assign(clicked=[0, np.nan] * 3), "arm", "control", ["clicked"])
-    with pytest.raises(ValueError, match=r"outcome 'revenue', control 'control'.*1 non-missing values"):
-        compare_arms(
-            frame.assign(revenue=[1.0, 2.0, np.nan, 3.0, np.nan, 4.0]), "arm", "control", ["revenue"]
-        )
+    # Too few observations in one arm is reported on that arm (or on the outcome, for the control) rather
+    # than raised, so one thin arm does not take the whole report down.
+    thin = compare_arms(frame.assign(clicked=[0, np.nan] * 3), "arm", "control", ["clicked"])
+    assert thin["outcomes"]["clicked"]["arms"]["treatment"]["mean"] is None
+    assert "no observations" in thin["outcomes"]["clicked"]["arms"]["treatment"]["skipped"]
+    thin = compare_arms(
+        frame.assign(revenue=[1.0, 2.0, np.nan, 3.0, np.nan, 4.0]), "arm", "control", ["revenue"]
+    )
+    skipped = thin["outcomes"]["revenue"]
+    assert skipped["arms"] == {} and re.search(r"control 'control'.*1 non-missing values", skipped["skipped"])
