@@ -35,6 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         broker = {
             "broker_url": "filesystem://",
+            # kombu's filesystem transport, writing each message whole before a worker can see it.
+            "broker_transport": "dispatch.broker:Transport",
             "broker_transport_options": {
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),
