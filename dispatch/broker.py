@@ -23,7 +23,8 @@ from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: Any, message: Any) -> None:
+    # kombu's own signature, which its stubs' abstract base declares without **kwargs.
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Put a message onto `queue`: written under a scratch name, then renamed into place."""
         # The same name as kombu's own: the reader orders messages by it and matches "<queue>.msg".
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
@@ -32,7 +33,7 @@ class Channel(filesystem.Channel):
         scratch = os.path.join(self.data_folder_out, f".{name}.part")
         try:
             with open(scratch, "wb") as handle:
-                handle.write(str_to_bytes(dumps(message)))
+                handle.write(str_to_bytes(dumps(payload)))
             os.replace(scratch, final)
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
