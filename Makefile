@@ -30,6 +30,11 @@ lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+notebooks: $(STAMP) ## Open the data scientists' notebooks in JupyterLab (after `make demo`)
+	$(BIN)/python -m pip install --quiet -e '.[dev,notebooks]'
+	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+	$(BIN)/jupyter lab notebooks/
+
 bench: $(STAMP) ## Run the benchmarks (figures go in docs/benchmarks.md)
 	$(BIN)/python -m benchmarks.run
 
@@ -40,4 +45,4 @@ format: $(STAMP) ## Format and autofix with ruff
 clean: ## Remove the virtual environment and local data
 	rm -rf $(VENV) .pushplan .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv demo test lint bench format clean
+.PHONY: help venv demo test lint notebooks bench format clean

@@ -705,6 +705,9 @@ def demo(
 ) -> None:
     """The tour on the local profile: simulate, import, features, train, evaluate, serve and plan,
     dispatch through a Celery worker, the simulated users' responses posted back, and the uplift report."""
+    import time
+
+    started = time.monotonic()
     settings = get_settings()
     sim_dir = settings.data_dir / "simulation"
     out.rule("1. simulate")
@@ -730,15 +733,35 @@ def demo(
     _demo_responses(settings, campaign_id, sim_dir)
     out.rule("9. report")
     report(campaign=campaign_id, json_path=settings.data_dir / "reports" / f"{campaign_id}.json")
-    tracking = settings.data_dir / "mlflow.db"
+    _demo_next_steps(settings, campaign_id, sim_dir, time.monotonic() - started)
+
+
+def _demo_next_steps(settings: Any, campaign_id: str, sim_dir: Path, seconds: float) -> None:
+    """Where to look next: the MLflow UI, the API docs, the report page, the notebooks."""
+    import os
+    import sys
+
+    tracking = (settings.data_dir / "mlflow.db").resolve()
+    report = (settings.data_dir / "reports" / f"{campaign_id}.html").resolve()
+    # The commands as they can be typed here: .venv/bin/... unless the virtualenv is on PATH.
+    where = Path(sys.executable).parent
+    on_path = os.environ.get("PATH", "").split(os.pathsep)
+    bin_dir = "" if str(where) in on_path else f"{os.path.relpath(where)}/"
+    out.rule("next")
     out.print(
-        f"\nThe hidden truth is in {sim_dir / 'truth'}. Next:\n"
-        f"  pushplan models list\n"
-        f"  pushplan features get u0000042\n"
-        f"  mlflow ui --backend-store-uri sqlite:///{tracking.resolve()}\n"
-        f"  pushplan serve   # then, with a key from `pushplan keys create --role campaign`:\n"
-        f"  curl -H 'X-API-Key: KEY' 'http://127.0.0.1:8000/v1/campaigns/{campaign_id}/plan-items?limit=3'",
+        f"The tour took {seconds / 60:.1f} min. The simulator's hidden truth is in {sim_dir / 'truth'}.\n"
+        f"  models in MLflow:  {bin_dir}mlflow ui --backend-store-uri sqlite:///{tracking}\n"
+        f"                     then http://127.0.0.1:5000\n"
+        f"  the API and docs:  {bin_dir}pushplan serve --port 8000   then http://127.0.0.1:8000/docs\n"
+        f"  the report page:   {report}\n"
+        f"                     served to operators: KEY=$({bin_dir}pushplan keys create --role operator)\n"
+        f'                     curl -H "X-API-Key: $KEY" http://127.0.0.1:8000/reports/campaigns/{campaign_id}\n'
+        f"  plan items:        KEY=$({bin_dir}pushplan keys create --role campaign)\n"
+        f'                     curl -H "X-API-Key: $KEY" '
+        f"'http://127.0.0.1:8000/v1/campaigns/{campaign_id}/plan-items?limit=3'\n"
+        f"  the notebooks:     make notebooks",
         highlight=False,
+        soft_wrap=True,
     )
 
 
