@@ -24,11 +24,11 @@
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from features.event_store import EventStore
 from features.store import feature_store, read_stored, snapshot_span
+from pushplan.clock import local_clock
 from pushplan.notebook import demo_settings
 
 settings = demo_settings()
@@ -47,10 +47,8 @@ users = events.read_users()[["user_id", "timezone", "platform", "push_opt_in"]]
 opens = events.read_events(["user_id", "timestamp"], event_types=["app_open"])
 opens = opens.merge(users[["user_id", "timezone"]], on="user_id", how="left")
 opens["timezone"] = opens["timezone"].fillna(settings.default_timezone)
-local_hour = np.zeros(len(opens), dtype=int)
-for zone, rows in opens.groupby("timezone").indices.items():
-    local_hour[rows] = opens["timestamp"].iloc[rows].dt.tz_convert(zone).dt.hour.to_numpy()
-opens["local_hour"] = local_hour
+naive_utc = opens["timestamp"].dt.tz_localize(None).to_numpy()
+opens["local_hour"] = local_clock(naive_utc, opens["timezone"].to_numpy())[0]  # pushplan's own conversion
 opens["utc_hour"] = opens["timestamp"].dt.hour
 
 fig, ax = plt.subplots(figsize=(9, 3.5))

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from dispatch.plan_store import PlanItemRow, PlanStore
 from features.event_store import EventStore
+from pushplan.clock import local_clock
 from pushplan.domain import Campaign, Decision, EventType, Reason
 from pushplan.settings import Settings
 
@@ -242,9 +243,10 @@ def planned_local_hour(items: pd.DataFrame) -> pd.Series:
     if "model_send_at" not in items:
         return hours
     deferred = (items["reason"] == Reason.deferred.value) & items["model_send_at"].notna()
-    for zone, rows in items[deferred].groupby("timezone").groups.items():
-        local = pd.to_datetime(items.loc[rows, "model_send_at"], utc=True).dt.tz_convert(str(zone))
-        hours.loc[rows] = local.dt.hour.to_numpy()
+    if deferred.any():
+        moved = items[deferred]
+        naive_utc = pd.to_datetime(moved["model_send_at"], utc=True).dt.tz_localize(None).to_numpy()
+        hours[deferred.to_numpy()] = local_clock(naive_utc, moved["timezone"].astype(str).to_numpy())[0]
     return hours
 
 

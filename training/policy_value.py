@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pushplan.clock import local_clock
 from pushplan.domain import Reason
-from serving.planner import QuietHours
+from serving.planner import QuietHours, window_slots
 from training.campaign_log import CampaignLog
 from training.experiment import compare_rates
 
@@ -207,12 +208,8 @@ def _direct_method(
 
 
 def _local_hours(instants: pd.Series, zones: np.ndarray) -> np.ndarray:
-    stamps = pd.to_datetime(instants, utc=True).reset_index(drop=True)
-    hours = np.zeros(len(stamps), dtype=int)
-    for zone in pd.unique(zones):
-        rows = np.flatnonzero(zones == zone)
-        hours[rows] = stamps.iloc[rows].dt.tz_convert(str(zone)).dt.hour.to_numpy()
-    return hours
+    naive_utc = pd.to_datetime(instants, utc=True).dt.tz_localize(None).to_numpy()
+    return local_clock(naive_utc, zones)[0]
 
 
 def _allowed_hours(log: CampaignLog, quiet_start: int, quiet_end: int, zones: np.ndarray) -> np.ndarray:
@@ -223,10 +220,10 @@ def _allowed_hours(log: CampaignLog, quiet_start: int, quiet_end: int, zones: np
     the same).
     """
     quiet = QuietHours(quiet_start, quiet_end).mask()
-    instants = pd.date_range(log.campaign.window.start, log.campaign.window.end, freq="h", inclusive="left")
+    start, end = pd.Timestamp(log.campaign.window.start), pd.Timestamp(log.campaign.window.end)
     out = np.zeros((len(zones), 24), dtype=bool)
     for zone in pd.unique(zones):
         offered = np.zeros(24, dtype=bool)
-        offered[np.unique(instants.tz_convert(str(zone)).hour)] = True
+        offered[window_slots(start, end, str(zone)).hour] = True  # the planner's own slots
         out[zones == zone] = offered & ~quiet
     return out
