@@ -13,12 +13,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from pydantic import ValidationError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pushplan.caps import HELD_COLUMNS, item_value
@@ -33,7 +34,12 @@ VERSION_TABLE = "pushplan_alembic_version"
 # items are dispatch's record of what happened and are never rewritten by planning.
 REPLANNABLE = {ItemState.planned.value, ItemState.suppressed.value}
 # States whose sends count against a user's caps: still to go, on their way, or gone.
-HOLDING = (ItemState.planned.value, ItemState.queued.value, ItemState.sent.value)
+HOLDING = (
+    ItemState.planned.value,
+    ItemState.queued.value,
+    ItemState.sent.value,
+    ItemState.unknown.value,  # maybe delivered: it counts, like a send
+)
 # A plan in a window needs the holdings a week either side of it: the widest cap is 7 days.
 HOLDING_MARGIN = timedelta(days=7)
 # Past this many users, held sends are read by time range and filtered here, not by an IN list.
@@ -115,6 +121,21 @@ class CapLedgerRow(Base):
     campaign_id: Mapped[str] = mapped_column(sa.String(200), index=True)
     channel: Mapped[str] = mapped_column(sa.String(20))
     at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # reserved (its call may be under way), sent or unknown: the call's outcome, durable before the
+    # next call starts (migration 0006; rows from before it are sends already made).
+    status: Mapped[str] = mapped_column(sa.String(8), default="reserved")
+
+
+class SuppressionRow(Base):
+    """The `local` profile's suppression list: a user's latest opt-out or opt-in per channel ("*": all),
+    checked in the same transaction as the caps (dispatch.ledger)."""
+
+    __tablename__ = "suppressions"
+
+    user_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    channel: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    opted_out: Mapped[bool] = mapped_column(sa.Boolean)
 
 
 class DispatchEventRow(Base):
@@ -230,6 +251,11 @@ def _engine(url: str) -> sa.Engine:
     return engine
 
 
+class CampaignFrozen(ValueError):
+    """A new spec for a campaign whose dispatch has started: its items were planned and sent under
+    the old one, so replacing it would make later sends and the experiment's record disagree."""
+
+
 class PlanStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -242,10 +268,22 @@ class PlanStore:
             yield session
 
     def save_campaign(self, campaign: Campaign) -> None:
+        """Create the campaign, or replace its spec while its dispatch has not started.
+
+        Once started (dispatch_state not `idle`), only the same spec again is accepted, as a
+        harmless retry; any other raises CampaignFrozen.
+        """
         now = datetime.now(UTC)
         with self.session() as session:
-            row = session.get(CampaignRow, campaign.campaign_id)
+            # FOR UPDATE: dispatch.control starts a campaign under the same row lock, so the state
+            # read here holds until this commits; no spec lands after a start it did not see.
+            row = session.get(CampaignRow, campaign.campaign_id, with_for_update=True)
             spec = campaign.model_dump(mode="json")
+            if row is not None and row.dispatch_state != "idle" and not _same_spec(row.spec, campaign):
+                raise CampaignFrozen(
+                    f"campaign {campaign.campaign_id!r} is {row.dispatch_state}: its spec is frozen "
+                    "once dispatch has started; create a new campaign"
+                )
             if row is None:
                 session.add(
                     CampaignRow(
@@ -262,7 +300,7 @@ class PlanStore:
     def get_campaign(self, campaign_id: str) -> Campaign | None:
         with self.session() as session:
             row = session.get(CampaignRow, campaign_id)
-            return Campaign.model_validate(row.spec) if row else None
+            return Campaign.stored(row.spec) if row else None
 
     def save_items(self, items: pd.DataFrame, displaced: list[str] | None = None) -> int:
         """Insert new items, replace REPLANNABLE ones of the same (campaign, user); returns rows written.
@@ -289,28 +327,39 @@ class PlanStore:
                 )
             if not records:
                 return 0
-            existing = {
-                (row.campaign_id, row.user_id): row
-                for row in session.scalars(
-                    sa.select(PlanItemRow).where(
-                        PlanItemRow.campaign_id.in_({r["campaign_id"] for r in records}),
-                        PlanItemRow.user_id.in_([r["user_id"] for r in records]),
-                    )
-                )
-            }
+            existing = self._existing_items(session, records)
+            replacements = []
             for record in records:
                 values = {k: _column_value(v) for k, v in record.items()}
-                row = existing.get((values["campaign_id"], values["user_id"]))
-                if row is None:
+                found = existing.get((values["campaign_id"], values["user_id"]))
+                if found is None:
                     session.add(PlanItemRow(**values, updated_at=now))
                     written += 1
-                elif row.state in REPLANNABLE:
-                    for key, value in values.items():
-                        if key != "plan_id":
-                            setattr(row, key, value)
-                    row.updated_at = now
-                    written += 1
+                elif found[1] in REPLANNABLE:
+                    del values["plan_id"]  # the stored item keeps its id
+                    replacements.append({**values, "updated_at": now, "replaced_id": found[0]})
+            if replacements:
+                # The state read above may be stale by now: a due-scan can queue the item in between
+                # (PostgreSQL lets it; SQLite's write lock does not). The predicate in the UPDATE is
+                # what keeps a queued item dispatch's, and rowcount what was really replaced.
+                result = cast(sa.CursorResult[Any], session.execute(_REPLACE_PLANNED, replacements))
+                written += result.rowcount
         return written
+
+    def _existing_items(
+        self, session: Session, records: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """(campaign, user) → (plan_id, state) of the stored items `records` would replace; a step
+        of its own so that a test can run a due-scan between this read and the writes after it."""
+        rows = session.execute(
+            sa.select(
+                PlanItemRow.campaign_id, PlanItemRow.user_id, PlanItemRow.plan_id, PlanItemRow.state
+            ).where(
+                PlanItemRow.campaign_id.in_({r["campaign_id"] for r in records}),
+                PlanItemRow.user_id.in_([r["user_id"] for r in records]),
+            )
+        )
+        return {(campaign_id, user_id): (plan_id, state) for campaign_id, user_id, plan_id, state in rows}
 
     def list_items(
         self,
@@ -367,7 +416,7 @@ class PlanStore:
                 return pd.DataFrame(columns=list(HELD_COLUMNS))
             held = pd.DataFrame(rows, columns=[*HELD_COLUMNS[:5], "p_click", "state"])
             others = {
-                row.campaign_id: Campaign.model_validate(row.spec)
+                row.campaign_id: Campaign.stored(row.spec)
                 for row in session.scalars(
                     sa.select(CampaignRow).where(CampaignRow.campaign_id.in_(set(held["campaign_id"])))
                 )
@@ -404,6 +453,23 @@ class PlanStore:
                 .group_by(PlanItemRow.decision)
             ).all()
         return {decision: int(count) for decision, count in rows}
+
+
+# Replaces one re-planned item by id, if it is still REPLANNABLE; run once per item (executemany).
+# One comparison per state rather than IN: an IN list is an expanding parameter, which executemany
+# refuses.
+_PLAN_ITEMS = cast(sa.Table, PlanItemRow.__table__)
+_REPLACE_PLANNED = sa.update(_PLAN_ITEMS).where(
+    _PLAN_ITEMS.c.plan_id == sa.bindparam("replaced_id"),
+    sa.or_(*(_PLAN_ITEMS.c.state == state for state in sorted(REPLANNABLE))),
+)
+
+
+def _same_spec(stored: dict[str, Any], campaign: Campaign) -> bool:
+    try:
+        return Campaign.model_validate(stored) == campaign
+    except ValidationError:  # stored before a rule it breaks: not the same as one that keeps it
+        return False
 
 
 def _column_value(value: Any) -> Any:

@@ -6,6 +6,8 @@ event and user files lives beside their validation in `features.schema`.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
@@ -16,6 +18,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -49,6 +52,72 @@ class Channel(StrEnum):
     sandbox = "sandbox"
 
 
+@dataclass(frozen=True)
+class TextLimit:
+    """The longest title and body a channel takes, in characters (code points); `combined` bounds
+    the one text a channel sends when it joins them with a line break between them."""
+
+    title: int
+    body: int
+    combined: int | None = None
+
+    def refusal(self, title: str, body: str, channel: Channel) -> str | None:
+        """Why `title` and `body` do not fit this channel, in words; None if they fit."""
+        name = f"the {channel.value} channel's"
+        if len(title) > self.title:
+            return f"title is {len(title)} characters, longer than {name} {self.title}"
+        if len(body) > self.body:
+            return f"body is {len(body)} characters, longer than {name} {self.body}"
+        joined = len(title) + 1 + len(body)
+        if self.combined is not None and joined > self.combined:
+            return (
+                f"title and body are {joined} characters as one text (title, line break, body), "
+                f"longer than {name} {self.combined}"
+            )
+        return None
+
+
+# What each channel accepts, checked when a campaign is created against every channel it may use
+# (fallbacks too), so that no message is refused at send time for its text.
+CHANNEL_TEXT_LIMITS: dict[Channel, TextLimit] = {
+    # FCM refuses a message whose whole payload passes 4 KB; these leave room for the rest of it
+    # (token, data fields) with mostly one-byte text, and no device shows more anyway.
+    Channel.push: TextLimit(title=200, body=2000),
+    # The SMS adapter sends title + "\n" + body as one text; 1600 characters is 10 concatenated
+    # segments, where providers stop (Twilio refuses longer bodies).
+    Channel.sms: TextLimit(title=1600, body=1600, combined=1600),
+    # The title is the Subject header: RFC 5322 caps a header line at 998 characters. The body
+    # bound is ours: a marketing mail longer than 100,000 characters is a mistake, not a message.
+    Channel.email: TextLimit(title=998, body=100_000),
+    # Receivers are ours or our customers'; the bounds keep one request small and predictable.
+    Channel.webhook: TextLimit(title=1000, body=10_000),
+    # The demo's stand-in for push behaves like push, so a campaign that passes there passes on push.
+    Channel.sandbox: TextLimit(title=200, body=2000),
+}
+
+# Characters no title, body or variant id may hold: C0 and C1 controls and DEL (a CR or LF in a title
+# breaks the email Subject header; the others have no business in a message). A body keeps its line
+# breaks ("\n"); a title or id is one line, so it may not hold the Unicode line and paragraph
+# separators either. (Lone surrogates, which no channel could encode, pydantic refuses itself.)
+_CONTROL = "\x00-\x1f\x7f-\x9f"
+_FORBIDDEN = {
+    "variant_id": re.compile(f"[{_CONTROL}\u2028\u2029]"),
+    "title": re.compile(f"[{_CONTROL}\u2028\u2029]"),
+    "body": re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]"),
+}
+_CHARACTER_KIND = {"\u2028": "a line separator", "\u2029": "a paragraph separator"}
+
+
+def _forbidden_character(field: str, text: str) -> str | None:
+    """What is wrong with `text` as the variant's `field`, in words (positions count from 0)."""
+    found = _FORBIDDEN[field].search(text)
+    if found is None:
+        return None
+    char = found.group()
+    kind = _CHARACTER_KIND.get(char, "a control character")
+    return f"{field} has {kind} (U+{ord(char):04X}) at position {found.start()}"
+
+
 class Decision(StrEnum):
     send = "send"
     skip = "skip"
@@ -70,6 +139,9 @@ class Reason(StrEnum):
     cancelled = "cancelled"  # the campaign was cancelled before the item was handed to its channel
     expired = "expired"  # its window had ended before dispatch reached it (paused, or a backlog)
     send_failed = "send_failed"  # the channel refused it, or failed transiently too many times
+    # The channel call may or may not have delivered (a timeout after the request was written, or a
+    # worker that died during the call) on a channel that does not dedupe: never called again.
+    outcome_unknown = "outcome_unknown"
 
 
 class ItemState(StrEnum):
@@ -78,6 +150,7 @@ class ItemState(StrEnum):
     sent = "sent"
     suppressed = "suppressed"
     failed = "failed"
+    unknown = "unknown"  # maybe delivered, never retried: at most once beats at least once
     cancelled = "cancelled"
 
 
@@ -126,10 +199,31 @@ class Objective(StrEnum):
 class Variant(BaseModel):
     """One title a campaign may send; the variant model scores it from its tags and its text."""
 
-    variant_id: str = Field(min_length=1, max_length=200)
-    title: str = Field(min_length=1)
-    body: str = ""
+    variant_id: str = Field(min_length=1, max_length=200, description="No control characters.")
+    title: str = Field(
+        min_length=1,
+        description="One line, no control characters; at most what each of the campaign's channels "
+        "takes (push and sandbox 200, email 998, webhook 1000; sms 1600 with the body).",
+    )
+    body: str = Field(
+        default="",
+        description="Line breaks (\\n) allowed, no other control characters; at most what each of "
+        "the campaign's channels takes (push and sandbox 2000, webhook 10000, email 100000; sms "
+        "1600 with the title).",
+    )
     tags: list[str] = Field(default_factory=list)
+
+    @field_validator("variant_id", "title", "body")
+    @classmethod
+    def _no_control_characters(cls, value: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None
+        if _stored(info):
+            return value
+        problem = _forbidden_character(info.field_name, value)
+        if problem is not None:
+            variant_id = value if info.field_name == "variant_id" else info.data.get("variant_id", "?")
+            raise ValueError(f"variant {variant_id!r}: {problem}")
+        return value
 
 
 # Instants the service accepts: well inside what the planner's and the feature store's nanosecond
@@ -232,3 +326,31 @@ class Campaign(BaseModel):
         if len(set(ids)) != len(ids):
             raise ValueError("variant_id values must be unique within a campaign")
         return self
+
+    @model_validator(mode="after")
+    def _texts_fit_the_channels(self, info: ValidationInfo) -> Campaign:
+        """Every variant fits every channel the campaign may send on, fallbacks included: a text a
+        channel would refuse is refused here, never at send time."""
+        if _stored(info):
+            return self
+        for variant in self.variants:
+            for channel in dict.fromkeys(self.channels):
+                problem = CHANNEL_TEXT_LIMITS[channel].refusal(variant.title, variant.body, channel)
+                if problem is not None:
+                    raise ValueError(f"variant {variant.variant_id!r}: {problem}")
+        return self
+
+    @classmethod
+    def stored(cls, spec: dict[str, object]) -> Campaign:
+        """A campaign as the plan store keeps it: checked when it was created, so the rules for new
+        text (control characters, channel limits) are not applied again. A campaign stored before a
+        rule existed must still load, or one old campaign would stop every due-scan."""
+        return cls.model_validate(spec, context=STORED)
+
+
+# The validation context of specs read back from the plan store (Campaign.stored).
+STORED = {"stored": True}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, status
 
+from dispatch.plan_store import CampaignFrozen
 from features.event_store import EventStore
 from pushplan.domain import Campaign
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
+FROZEN: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": Problem,
+        "description": "The campaign's dispatch has started: its spec can no longer be replaced.",
+    }
+}
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Campaign, responses=BODY_RESPONSES)
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=Campaign, responses=BODY_RESPONSES | FROZEN
+)
 def create_campaign(campaign: Campaign, store: PlanStoreDep, _: CampaignRole) -> Campaign:
-    """Create a campaign, or replace one with the same `campaign_id`; its variants join the catalogue
-    the features read tags from, so its sends and clicks feed the tag affinities."""
-    store.save_campaign(campaign)
+    """Create a campaign, or replace one with the same `campaign_id` until its dispatch starts (then
+    only the same spec again is accepted: a retry); its variants join the catalogue the features
+    read tags from, so its sends and clicks feed the tag affinities. Titles and bodies must fit
+    every channel the campaign names."""
+    try:
+        store.save_campaign(campaign)
+    except CampaignFrozen as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     EventStore(store.settings).store_variants([campaign])
     return campaign
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-from dispatch.plan_store import PlanStore, migrate
+from dispatch.control import control
+from dispatch.plan_store import CampaignFrozen, PlanItemRow, PlanStore, migrate
+from dispatch.sending import scan_due
 from pushplan.domain import Campaign
 from pushplan.settings import Profile, Settings
 from serving.planner import Audience, plan
+from tests.dispatch_setup import campaign, send_items, store_campaign
 from tests.services import REDIS_URL, scratch_database
 
 
@@ -183,3 +191,124 @@ def test_a_store_from_before_its_own_version_table_is_adopted_and_keeps_its_rows
     assert store.get_campaign("autumn") == CAMPAIGN
     with store.engine.connect() as connection:
         assert connection.scalar(sa.text(f"select version_num from {VERSION_TABLE}")) == head
+
+
+def test_a_started_campaigns_spec_is_frozen_but_the_same_spec_may_be_sent_again(store: PlanStore) -> None:
+    store.save_campaign(CAMPAIGN)
+    store.save_campaign(CAMPAIGN.model_copy(update={"name": "Autumn sale"}))  # idle: still replaceable
+    control(store, "autumn", "dispatch")
+    started = store.get_campaign("autumn")
+    assert started is not None and started.name == "Autumn sale"
+    store.save_campaign(started)  # a campaign system's retry of the same spec is harmless
+    one_variant = started.model_copy(update={"variants": started.variants[:1]})
+    with pytest.raises(CampaignFrozen, match="'autumn' is running: its spec is frozen once dispatch"):
+        store.save_campaign(one_variant)
+    control(store, "autumn", "pause")
+    with pytest.raises(CampaignFrozen, match="'autumn' is paused"):
+        store.save_campaign(started.model_copy(update={"name": "Autumn"}))
+    assert store.get_campaign("autumn") == started
+
+
+RACE_START = datetime(2026, 11, 20, 9, tzinfo=UTC)
+
+
+def _rows(store: PlanStore, campaign_id: str) -> dict[str, PlanItemRow]:
+    with store.session() as session:
+        query = sa.select(PlanItemRow).where(PlanItemRow.campaign_id == campaign_id)
+        return {row.plan_id: row for row in session.scalars(query)}
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_due_scan_between_a_replans_read_and_its_writes_keeps_its_items(
+    store: PlanStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL lets a due-scan queue items after a re-plan has read them as planned (SQLite's write
+    lock does not): the re-plan's UPDATE must see they are queued now, and leave them alone."""
+    race = campaign("race", RACE_START)
+    users = [f"u{i}" for i in range(10)]
+    first = [RACE_START + timedelta(hours=0 if i < 4 else 5) for i in range(10)]  # 4 due at the scan
+    store_campaign(store, race, send_items(race, users, first))
+    control(store, "race", "dispatch")
+    read = store._existing_items
+    chunks = []
+
+    def read_then_scan(session: Session, records: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+        existing = read(session, records)
+        assert {state for _, state in existing.values()} == {"planned"}  # what the re-plan decides from
+        chunks.extend(scan_due(store, store.settings, as_of=RACE_START + timedelta(hours=1)))
+        return existing
+
+    monkeypatch.setattr(store, "_existing_items", read_then_scan)
+    later = RACE_START + timedelta(hours=9)
+    written = store.save_items(send_items(race, users, [later] * 10).assign(p_click=0.5))
+
+    claims = {plan_id: chunk.claim for chunk in chunks for plan_id in chunk.plan_ids}
+    assert len(claims) == 4
+    assert written == 6  # the queued ones were not replaced, and are not counted
+    for plan_id, row in _rows(store, "race").items():
+        if plan_id in claims:
+            assert (row.state, row.claim, row.p_click) == ("queued", claims[plan_id], 0.05)
+            assert row.send_at == RACE_START
+        else:
+            assert (row.state, row.claim, row.p_click) == ("planned", None, 0.5)
+            assert row.send_at == later
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_concurrent_replans_and_due_scans_never_take_back_a_queued_item(store: PlanStore) -> None:
+    """A re-plan loop and a due-scan loop on one campaign at once, for 1.5 s: each item the scan
+    queued stays queued under the scan's claim, and no planned item carries a claim. Nothing sends
+    and no lease lapses, so an item the scan queued twice was taken back by a re-plan in between."""
+    churn = campaign("churn", RACE_START)
+    users = [f"u{i:03d}" for i in range(400)]
+    minutes = 400  # the sends spread over this many minutes, which the scan's clock walks through
+
+    def spread(seed: int) -> pd.DataFrame:
+        at = np.random.default_rng(seed).integers(0, minutes, len(users))
+        return send_items(churn, users, [RACE_START + timedelta(minutes=int(m)) for m in at])
+
+    store_campaign(store, churn, spread(0))
+    control(store, "churn", "dispatch")
+    duration, began = 1.5, time.monotonic()
+    claims: dict[str, str] = {}
+    queued_twice: list[str] = []
+    replans: list[int] = []
+    errors: list[BaseException] = []
+
+    def scans() -> None:
+        while (elapsed := time.monotonic() - began) < duration:
+            as_of = RACE_START + timedelta(minutes=minutes * elapsed / duration)
+            for chunk in scan_due(store, store.settings, as_of=as_of):
+                queued_twice.extend(plan_id for plan_id in chunk.plan_ids if plan_id in claims)
+                claims.update(dict.fromkeys(chunk.plan_ids, chunk.claim))
+
+    def replan() -> None:
+        seed = 1
+        while time.monotonic() - began < duration:
+            replans.append(store.save_items(spread(seed).assign(p_click=seed / 1000)))
+            seed += 1
+
+    def guarded(loop: Any) -> Any:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:  # surfaced below: a thread's exception is otherwise only printed
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=guarded(loop)) for loop in (scans, replan)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    # Both loops ran side by side: re-plans replaced fewer items as the scan queued more of them.
+    assert len(replans) >= 3 and len(set(replans)) > 1 and claims
+
+    assert queued_twice == []
+    rows = _rows(store, "churn")
+    assert {plan_id for plan_id, row in rows.items() if row.state == "queued"} == set(claims)
+    assert all(rows[plan_id].claim == claim for plan_id, claim in claims.items())
+    assert not [row.plan_id for row in rows.values() if row.state == "planned" and row.claim is not None]
