@@ -1,17 +1,23 @@
 """Channel adapters: how dispatch hands a batch of messages to sandbox, webhook, push, SMS or email.
 
 Every adapter has one method, `send(messages) -> outcomes`: one `Outcome` per `Message`, in the same
-order, and it never raises for a single message's failure. An outcome is ok, transient (worth trying
-again later: timeouts, connection errors, HTTP 408/425/429/5xx, SMTP 4xx) or permanent (any other
-4xx, SMTP 5xx, a missing recipient). Adapters never retry themselves: the dispatcher retries a
-transient outcome later with backoff, under its own attempt cap, so that one slow provider never
-holds a worker in a sleep loop and every attempt is recorded.
+order, and it never raises for a single message's failure (the dispatcher still treats anything
+raised as that message's failure). The dispatcher calls it with one message at a time, settling each
+outcome durably before the next call. An outcome is ok, transient (worth trying again later: the
+request never reached the provider, or the provider said "not now": connection refused, connect
+timeouts, HTTP 408/425/429/503, SMTP 4xx), unknown (the request was written and no answer came back,
+or the provider answered 500/502/504: it may have delivered) or permanent (any other 4xx, SMTP 5xx, a
+missing recipient). Adapters never retry themselves: the dispatcher retries a transient outcome later
+with backoff, under its own attempt cap, so that one slow provider never holds a worker in a sleep
+loop and every attempt is recorded.
 
 Each message carries `send_id`, its idempotency key (the plan item id, or "<plan_id>:<n>" for the
 n-th fallback re-send). Adapters pass it to the provider (`Idempotency-Key` header, SMS `reference`,
-email `X-Idempotency-Key` and `Message-ID`), because the dispatcher calls again for a send whose
-outcome it never recorded (a worker killed between the call and the record). The sandbox honours it
-itself: a send_id already in the outbox is not written again.
+email `X-Idempotency-Key` and `Message-ID`). Only an adapter whose `dedupes` is true promises that a
+second call with the same key delivers nothing more: the sandbox (it checks its outbox) and a webhook
+receiver declared to honour the key (`PUSHPLAN_WEBHOOK_DEDUPES`). On the others, an ambiguous call is
+`unknown` and never made again: at most once beats at least once for marketing messages. On a channel
+that dedupes, an ambiguous call is transient: calling again with the same key is safe.
 
 Per-channel rate limits (`PUSHPLAN_CHANNEL_RATE_PER_SECOND`) hold across all worker processes: a
 moving window in Redis in the production profile, in process memory in the local one. A channel
@@ -61,8 +67,10 @@ from pushplan.settings import Profile, Settings
 
 OUTBOX_FILE = "outbox.jsonl"
 DETAIL_MAX_CHARS = 500
-# HTTP answers that say "not now" rather than "never": timeout, too early, too many requests.
-TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
+# HTTP answers that say "not now, and nothing was done": timeout, too early, too many requests,
+# unavailable. Other 5xx (500, 502, 504: an error, or a gateway that lost the upstream's answer) may
+# come after the provider delivered: ambiguous.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 503})
 
 
 @dataclass(frozen=True)
@@ -103,11 +111,13 @@ class Message:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one channel call did for one message; `transient` and `reason` only matter when not ok."""
+    """What one channel call did for one message; `transient`, `unknown` and `reason` only matter when
+    not ok. `unknown`: the call may have delivered (never retried)."""
 
     send_id: str
     ok: bool
     transient: bool = False
+    unknown: bool = False
     reason: str | None = None
     detail: str | None = None
     provider_id: str | None = None
@@ -115,6 +125,7 @@ class Outcome:
 
 class ChannelAdapter(Protocol):
     name: str
+    dedupes: bool  # a second call with the same send_id delivers nothing more
 
     def send(self, messages: list[Message]) -> list[Outcome]: ...
 
@@ -122,6 +133,19 @@ class ChannelAdapter(Protocol):
 def _failure(send_id: str, reason: str, detail: str, *, transient: bool) -> Outcome:
     return Outcome(
         send_id=send_id, ok=False, transient=transient, reason=reason, detail=detail[:DETAIL_MAX_CHARS]
+    )
+
+
+def _ambiguous(send_id: str, reason: str, detail: str, *, dedupes: bool) -> Outcome:
+    """The request may have reached the provider: retried only where a second call cannot deliver twice."""
+    if dedupes:
+        return _failure(send_id, reason, detail, transient=True)
+    return Outcome(
+        send_id=send_id,
+        ok=False,
+        unknown=True,
+        reason=reason,
+        detail=f"{detail[: DETAIL_MAX_CHARS - 60]} (may have been delivered; not retried)",
     )
 
 
@@ -212,6 +236,7 @@ class SandboxChannel:
     """
 
     name = Channel.sandbox.value
+    dedupes = True
 
     def __init__(self, settings: Settings) -> None:
         self.path = settings.sandbox_dir / OUTBOX_FILE
@@ -295,16 +320,17 @@ def _json_bytes(document: dict[str, Any]) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _http_failure(send_id: str, response: httpx.Response, provider_error: str | None) -> Outcome:
+def _http_failure(
+    send_id: str, response: httpx.Response, provider_error: str | None, *, dedupes: bool
+) -> Outcome:
     status = response.status_code
-    transient = status in TRANSIENT_HTTP_STATUSES or status >= 500
     said = provider_error or response.text.strip()[:200] or response.reason_phrase
-    return _failure(
-        send_id,
-        f"http_{status}" if transient else f"rejected_{status}",
-        f"{response.request.url.host} answered {status}: {said}",
-        transient=transient,
-    )
+    detail = f"{response.request.url.host} answered {status}: {said}"
+    if status in TRANSIENT_HTTP_STATUSES:
+        return _failure(send_id, f"http_{status}", detail, transient=True)
+    if status >= 500:
+        return _ambiguous(send_id, f"http_{status}", detail, dedupes=dedupes)
+    return _failure(send_id, f"rejected_{status}", detail, transient=False)
 
 
 def _json_or_none(response: httpx.Response) -> Any:
@@ -318,6 +344,7 @@ class HttpChannel:
     """One POST per message through one keep-alive `httpx.Client`, classified the same way for all."""
 
     name: str
+    dedupes = False  # FCM and SMS gateways do not promise to honour Idempotency-Key
 
     def __init__(self, settings: Settings, channel: str) -> None:
         self.name = channel
@@ -357,19 +384,26 @@ class HttpChannel:
             self.rate_gate.wait()
         try:
             response = self.client.post(url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            return _failure(
-                message.send_id, "timeout", f"{self.name} call timed out: {exc!r}", transient=True
-            )
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # No connection, so no request: nothing can have been delivered.
             return _failure(
                 message.send_id, "connection_error", f"{self.name} call failed: {exc!r}", transient=True
+            )
+        except httpx.TimeoutException as exc:  # read or write timeout: the request may be in
+            return _ambiguous(
+                message.send_id, "timeout", f"{self.name} call timed out: {exc!r}", dedupes=self.dedupes
+            )
+        except httpx.TransportError as exc:  # connection lost mid-exchange
+            return _ambiguous(
+                message.send_id, "connection_lost", f"{self.name} call failed: {exc!r}", dedupes=self.dedupes
             )
         if response.is_success:
             return Outcome(
                 send_id=message.send_id, ok=True, provider_id=self._provider_id(_json_or_none(response))
             )
-        return _http_failure(message.send_id, response, self._provider_error(_json_or_none(response)))
+        return _http_failure(
+            message.send_id, response, self._provider_error(_json_or_none(response)), dedupes=self.dedupes
+        )
 
 
 def sign_webhook(secret: str, timestamp: int | str, body: bytes) -> str:
@@ -408,6 +442,8 @@ class WebhookChannel(HttpChannel):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, Channel.webhook.value)
         assert settings.webhook_url and settings.webhook_secret  # adapter_for checked both
+        # Only the operator knows whether their receiver drops a repeated Idempotency-Key.
+        self.dedupes = settings.webhook_dedupes
         self.url = settings.webhook_url
         self.secret = settings.webhook_secret
 
@@ -496,9 +532,11 @@ class SmsChannel(HttpChannel):
 
 
 class EmailChannel:
-    """SMTP to PUSHPLAN_SMTP_HOST:PORT, one connection per batch; 4xx replies transient, 5xx permanent."""
+    """SMTP to PUSHPLAN_SMTP_HOST:PORT over one connection kept across calls (the dispatcher calls one
+    message at a time); 4xx replies transient, 5xx permanent, a connection lost mid-message unknown."""
 
     name = Channel.email.value
+    dedupes = False  # a Message-ID lets mail clients hide a repeat; SMTP servers still deliver it
 
     def __init__(self, settings: Settings) -> None:
         self.host = settings.smtp_host
@@ -507,6 +545,12 @@ class EmailChannel:
         self.timeout = settings.channel_timeout_seconds
         self.domain = settings.smtp_sender.rpartition("@")[2] or "pushplan.invalid"
         self.rate_gate = _rate_gate(settings, self.name)
+        self._connection: smtplib.SMTP | None = None
+        self._used_at = 0.0
+
+    # A connection idle this long is probed (NOOP) before use: servers drop idle clients, and a send
+    # on a dropped connection would look like one lost mid-message (unknown) although nothing went.
+    IDLE_PROBE_SECONDS = 5.0
 
     def message_id(self, send_id: str) -> str:
         # Percent-encoding keeps ":" of fallback re-sends (and anything else) inside RFC 5322 atext,
@@ -524,52 +568,50 @@ class EmailChannel:
         return email
 
     def send(self, messages: list[Message]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [
-            None if message.recipient else _no_recipient(message) for message in messages
-        ]
-        pending = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        if not pending:
-            return [outcome for outcome in outcomes if outcome is not None]
-        lost = ("connection_error", "")
-        try:
-            connection: smtplib.SMTP | None = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        except (OSError, smtplib.SMTPException) as exc:
-            connection = None
-            lost = _smtp_lost(exc, f"could not reach {self.host}:{self.port}")
-        try:
-            for i in pending:
-                if connection is None:
-                    outcomes[i] = _failure(messages[i].send_id, lost[0], lost[1], transient=True)
-                    continue
-                try:
-                    outcomes[i] = self._send_one(connection, messages[i])
-                except (OSError, smtplib.SMTPServerDisconnected) as exc:
-                    # The connection is gone; the rest of the batch waits for the dispatcher's retry.
-                    connection = None
-                    lost = _smtp_lost(exc, f"connection to {self.host}:{self.port} lost")
-                    outcomes[i] = _failure(messages[i].send_id, lost[0], lost[1], transient=True)
-        finally:
-            if connection is not None:
-                try:
-                    connection.quit()
-                except (OSError, smtplib.SMTPException):
-                    connection.close()
-        return [outcome for outcome in outcomes if outcome is not None]
+        return [self._send_one(message) for message in messages]
 
-    def _send_one(self, connection: smtplib.SMTP, message: Message) -> Outcome:
-        assert message.recipient
+    def _send_one(self, message: Message) -> Outcome:
+        if not message.recipient:
+            return _no_recipient(message)
+        try:
+            email = self.email_for(message)  # a header with CR/LF (an address, say) is refused here
+        except ValueError as exc:
+            return _failure(message.send_id, "bad_message", f"not sendable as email: {exc}", transient=False)
+        if self._connection is not None and time.monotonic() - self._used_at > self.IDLE_PROBE_SECONDS:
+            try:
+                self._connection.noop()
+            except (OSError, smtplib.SMTPException):
+                self.close()
+        if self._connection is None:
+            try:
+                self._connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            except (OSError, smtplib.SMTPException) as exc:
+                reason, detail = _smtp_lost(exc, f"could not reach {self.host}:{self.port}")
+                return _failure(message.send_id, reason, detail, transient=True)
         if self.rate_gate is not None:
             self.rate_gate.wait()
+        self._used_at = time.monotonic()
         try:
-            connection.send_message(
-                self.email_for(message), from_addr=self.sender, to_addrs=[message.recipient]
-            )
+            self._connection.send_message(email, from_addr=self.sender, to_addrs=[message.recipient])
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
             return _smtp_refusal(message.send_id, code, text)
         except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
             return _smtp_refusal(message.send_id, exc.smtp_code, exc.smtp_error)
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            # Lost mid-message: the server may have queued it before the line dropped.
+            self.close()
+            reason, detail = _smtp_lost(exc, f"connection to {self.host}:{self.port} lost")
+            return _ambiguous(message.send_id, reason, detail, dedupes=self.dedupes)
         return Outcome(send_id=message.send_id, ok=True, provider_id=self.message_id(message.send_id))
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.quit()
+            except (OSError, smtplib.SMTPException):
+                connection.close()
 
 
 def _smtp_refusal(send_id: str, code: int, text: bytes | str) -> Outcome:
@@ -618,6 +660,7 @@ def _cache_key(settings: Settings, channel: str) -> tuple[Any, ...]:
         str(Path(settings.sandbox_dir).absolute()),
         settings.webhook_url,
         settings.webhook_secret,
+        settings.webhook_dedupes,
         settings.smtp_host,
         settings.smtp_port,
         settings.smtp_sender,

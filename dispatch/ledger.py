@@ -1,13 +1,19 @@
-"""The frequency-cap ledger: one atomic step per send that checks idempotency and the caps and reserves.
+"""The send ledger: one atomic step per send that checks idempotency, opt-outs and the caps and reserves,
+and the durable record of each channel call's outcome.
 
 A reservation is keyed by its send id (the plan item id, or `<plan_id>:<n>` for a fallback re-send):
-- a send id already reserved is a `duplicate` (an earlier attempt got this far, and may have called
-  the channel: the dispatcher decides from the plan store what that means);
-- else the send is checked against `pushplan.caps.FrequencyCap` — per channel per local day and per
-  rolling week, per user per local day, the minimum gap, and the campaign total — against every
-  reservation the user holds across campaigns, and reserved only if all hold.
-A failed channel call releases its reservation; a successful one keeps it (it is the send's record
-for later caps).
+- a send id the ledger already holds answers what an earlier attempt left: `sent` or `unknown` (its
+  call was settled), or `in_doubt` (reserved, and its call may have been under way when the worker
+  died): the dispatcher records the first two without calling, and calls an `in_doubt` one again only
+  on a channel that dedupes by the send id;
+- else the user's suppression list is checked (`opted_out`: an `opt_out` or `unsubscribed` later than
+  any `opt_in`, for this channel or for all), then `pushplan.caps.FrequencyCap` — per channel per local
+  day and per rolling week, per user per local day, the minimum gap, and the campaign total — against
+  every send the user holds across campaigns; reserved only if all hold.
+After the channel call, the send is settled: `sent` and `unknown` keep the reservation (it counts
+against later caps), `release` forgets it (the call failed: it holds no cap, and a retry may reserve
+again). The dispatcher settles each call in the same round trip as the next reservation, so a call's
+outcome is durable before the next call starts.
 
 Two implementations of one contract (tests/integration/test_ledger_contract.py runs the same suite on
 both): `RedisLedger` in `production`, one Lua script per send, so the check and the reservation are
@@ -21,20 +27,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import pandas as pd
 import sqlalchemy as sa
 
-from dispatch.plan_store import CapLedgerRow, PlanStore
+from dispatch.plan_store import CapLedgerRow, PlanStore, SuppressionRow
 from pushplan.caps import WEEK, FrequencyCap
 from pushplan.settings import Profile, Settings, per_settings
 
 
 class Verdict(StrEnum):
     reserved = "reserved"
-    duplicate = "duplicate"
+    # The send id is known: what an earlier attempt left.
+    in_doubt = "in_doubt"  # reserved, never settled: its call may have delivered
+    sent = "sent"
+    unknown = "unknown"
+    opted_out = "opted_out"  # on the user's suppression list for this channel
     # Capped, by the cap that refused (checked in this order):
     min_gap = "min_gap"
     per_user_day = "per_user_day"
@@ -44,7 +54,26 @@ class Verdict(StrEnum):
 
     @property
     def capped(self) -> bool:
-        return self not in (Verdict.reserved, Verdict.duplicate)
+        return self in CAPPED
+
+
+CAPPED = frozenset(
+    {
+        Verdict.min_gap,
+        Verdict.per_user_day,
+        Verdict.per_channel_day,
+        Verdict.per_channel_week,
+        Verdict.campaign_total,
+    }
+)
+
+
+class Settle(StrEnum):
+    """What a send's channel call came to, as the ledger keeps it."""
+
+    sent = "sent"
+    unknown = "unknown"
+    release = "release"  # the call failed (or was never made): forget the reservation
 
 
 @dataclass(frozen=True)
@@ -58,13 +87,41 @@ class Reservation:
     cap: FrequencyCap
 
 
+@dataclass(frozen=True)
+class Settlement:
+    request: Reservation
+    outcome: Settle
+
+
+@dataclass(frozen=True)
+class OptChange:
+    """An opt-out (or opt-in) of one user, for one channel or for all (`channel` = ALL_CHANNELS)."""
+
+    user_id: str
+    channel: str
+    at: datetime  # aware: when the user said it; a later change wins, whatever order they arrive in
+    opted_out: bool
+
+
+ALL_CHANNELS = "*"
+
+
 class CapLedger(Protocol):
-    def reserve(self, requests: Sequence[Reservation]) -> list[Verdict]:
-        """One verdict per request, in order; each request is checked after those before it."""
+    def reserve(self, requests: Sequence[Reservation], settle: Sequence[Settlement] = ()) -> list[Verdict]:
+        """Settle `settle` first, then one verdict per request, in order; each request is checked after
+        those before it. One round trip (Redis) or one transaction (SQL) for all of it."""
+        ...
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        """Record what these sends' calls came to (see `Settle`)."""
+        ...
+
+    def suppress(self, changes: Sequence[OptChange]) -> None:
+        """Put users on (or take them off) the suppression list; the latest change per channel wins."""
         ...
 
     def release(self, requests: Sequence[Reservation]) -> None:
-        """Forget these reservations (their channel call failed): they no longer count."""
+        """Forget these reservations: `settle` with `Settle.release`."""
         ...
 
 
@@ -85,17 +142,35 @@ def local_day_bounds(at: datetime, zone: str) -> tuple[datetime, datetime]:
 
 # The Lua port of FrequencyCap.admits (pushplan/caps.py); the contract suite checks the two agree.
 # KEYS: the user's sends (sorted set: member "send_id|channel", score epoch seconds), the send's
-# idempotency key, the campaign's sends (a set). Epoch seconds are floats; bounds follow admits:
-# the gap is |t - at| < gap, a day is [start, end), a week window is (end - 7 days, end].
+# idempotency key (value "<status> <member>", status reserved|sent|unknown), the campaign's sends (a
+# set), the user's suppression list (hash: channel or "*" -> "<epoch seconds> <1 opted out|0 in>").
+# Epoch seconds are floats; bounds follow admits: the gap is |t - at| < gap, a day is [start, end), a
+# week window is (end - 7 days, end].
 RESERVE_LUA = """
-local user_key, send_key, campaign_key = KEYS[1], KEYS[2], KEYS[3]
+local user_key, send_key, campaign_key, optout_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local send_id, channel = ARGV[1], ARGV[2]
 local at, day_start, day_end = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local per_channel_day, per_channel_week = tonumber(ARGV[6]), tonumber(ARGV[7])
 local per_user_day, gap = tonumber(ARGV[8]), tonumber(ARGV[9])
 local total, ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
 local week = 604800
-if redis.call('EXISTS', send_key) == 1 then return 'duplicate' end
+local known = redis.call('GET', send_key)
+if known then
+  local status = string.match(known, '^(%a+) ')
+  if status == 'reserved' then return 'in_doubt' end
+  return status
+end
+-- The latest of the channel's and the all-channels' entries decides; at a tie, the opt-out.
+local latest, out = -1, false
+for _, field in ipairs({channel, '*'}) do
+  local entry = redis.call('HGET', optout_key, field)
+  if entry then
+    local t, flag = string.match(entry, '^(%S+) (%d)$')
+    t = tonumber(t)
+    if t > latest or (t == latest and flag == '1') then latest, out = t, flag == '1' end
+  end
+end
+if out then return 'opted_out' end
 -- What no cap can need any more (older than the retention before this send) goes, so a user's set
 -- holds at most the retention's sends however long they stay.
 redis.call('ZREMRANGEBYSCORE', user_key, '-inf', '(' .. (at - ttl))
@@ -128,7 +203,7 @@ end
 if total >= 0 and redis.call('SCARD', campaign_key) + 1 > total then return 'campaign_total' end
 redis.call('ZADD', user_key, at, send_id .. suffix)
 redis.call('EXPIRE', user_key, ttl)
-redis.call('SET', send_key, send_id .. suffix, 'EX', ttl)
+redis.call('SET', send_key, 'reserved ' .. send_id .. suffix, 'EX', ttl)
 if total >= 0 then  -- only a campaign with a total needs its sends counted
   redis.call('SADD', campaign_key, send_id)
   redis.call('EXPIRE', campaign_key, ttl)
@@ -136,23 +211,44 @@ end
 return 'reserved'
 """
 
-RELEASE_LUA = """
-local member = redis.call('GET', KEYS[2])
-if member then redis.call('ZREM', KEYS[1], member) end
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[1])
+# KEYS: as RESERVE_LUA's first three; ARGV: the send id, and sent | unknown | release.
+SETTLE_LUA = """
+local known = redis.call('GET', KEYS[2])
+if not known then return 0 end
+local member = string.match(known, '^%a+ (.*)$')
+if ARGV[2] == 'release' then
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[3], ARGV[1])
+else
+  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. member, 'KEEPTTL')
+end
+return 1
+"""
+
+# KEYS: the user's suppression list; ARGV: the channel (or "*"), epoch seconds, 1 opted out | 0 in.
+SUPPRESS_LUA = """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if entry then
+  local t, flag = string.match(entry, '^(%S+) (%d)$')
+  t = tonumber(t)
+  local at = tonumber(ARGV[2])
+  if t > at or (t == at and flag == '1') then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
 return 1
 """
 
 
 class RedisLedger:
-    """The ledger in Redis, one Lua script call per send, pipelined per chunk.
+    """The ledger in Redis, one Lua script call per send; settlements ride in the same pipeline.
 
-    The script touches three keys of different hash slots, so on Redis Cluster they must share a
-    hash tag; pushplan's keys are `{pushplan}:…`-free today because the production profile is one
-    Redis. A reservation is kept for `RETENTION` (longer than the widest cap, a week either side),
-    and Redis must persist (AOF) for caps and idempotency to survive its restart. A campaign's sends
-    are counted only when it has a total; a total added to a campaign later counts from then on.
+    The scripts touch keys of different hash slots, so on Redis Cluster they must share a hash tag;
+    pushplan's keys are `{pushplan}:…`-free today because the production profile is one Redis. A
+    reservation is kept for `RETENTION` (longer than the widest cap, a week either side), and Redis
+    must persist (AOF) for caps, idempotency, outcomes and opt-outs to survive its restart. A
+    campaign's sends are counted only when it has a total; a total added to a campaign later counts
+    from then on. Suppression lists never expire: an opt-out holds until an opt-in.
     """
 
     RETENTION = timedelta(days=30)
@@ -163,7 +259,8 @@ class RedisLedger:
         self.client = redis.Redis.from_url(redis_url)
         self.prefix = prefix
         self._reserve = self.client.register_script(RESERVE_LUA)
-        self._release = self.client.register_script(RELEASE_LUA)
+        self._settle = self.client.register_script(SETTLE_LUA)
+        self._suppress = self.client.register_script(SUPPRESS_LUA)
 
     def _keys(self, request: Reservation) -> list[str]:
         return [
@@ -172,14 +269,18 @@ class RedisLedger:
             f"{self.prefix}:caps:campaign:{request.campaign_id}",
         ]
 
-    def reserve(self, requests: Sequence[Reservation]) -> list[Verdict]:
+    def _optout_key(self, user_id: str) -> str:
+        return f"{self.prefix}:optout:{user_id}"
+
+    def reserve(self, requests: Sequence[Reservation], settle: Sequence[Settlement] = ()) -> list[Verdict]:
         pipe = self.client.pipeline(transaction=False)
+        self._settle_into(pipe, settle)
         ttl = int(self.RETENTION.total_seconds())
         for request in requests:
             start, end = local_day_bounds(request.at, request.zone)
             cap = request.cap
             self._reserve(
-                keys=self._keys(request),
+                keys=[*self._keys(request), self._optout_key(request.user_id)],
                 args=[
                     request.send_id,
                     request.channel,
@@ -195,37 +296,66 @@ class RedisLedger:
                 ],
                 client=pipe,
             )
-        return [Verdict(v.decode() if isinstance(v, bytes) else v) for v in pipe.execute()]
+        answers = pipe.execute()[len(settle) :]
+        return [Verdict(v.decode() if isinstance(v, bytes) else v) for v in answers]
+
+    def _settle_into(self, pipe: Any, settlements: Sequence[Settlement]) -> None:
+        for settlement in settlements:
+            self._settle(
+                keys=self._keys(settlement.request),
+                args=[settlement.request.send_id, settlement.outcome.value],
+                client=pipe,
+            )
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        if settlements:
+            pipe = self.client.pipeline(transaction=False)
+            self._settle_into(pipe, settlements)
+            pipe.execute()
 
     def release(self, requests: Sequence[Reservation]) -> None:
+        self.settle([Settlement(r, Settle.release) for r in requests])
+
+    def suppress(self, changes: Sequence[OptChange]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for request in requests:
-            self._release(keys=self._keys(request), args=[request.send_id], client=pipe)
+        for change in changes:
+            self._suppress(
+                keys=[self._optout_key(change.user_id)],
+                args=[change.channel, change.at.timestamp(), int(change.opted_out)],
+                client=pipe,
+            )
         pipe.execute()
 
 
 class SqlLedger:
     """The ledger in the plan store's SQL database: the `local` profile's, checked with
-    FrequencyCap.admits itself inside one write transaction per chunk."""
+    FrequencyCap.admits itself inside one write transaction per call (SQLite begins it IMMEDIATE)."""
 
     def __init__(self, store: PlanStore) -> None:
         self.store = store
 
-    def reserve(self, requests: Sequence[Reservation]) -> list[Verdict]:
-        if not requests:
+    def reserve(self, requests: Sequence[Reservation], settle: Sequence[Settlement] = ()) -> list[Verdict]:
+        if not requests and not settle:
             return []
         verdicts: list[Verdict] = []
         with self.store.session() as session:
+            _settle(session, settle)
+            if not requests:
+                return []
             ids = [r.send_id for r in requests]
-            reserved = set(
-                session.scalars(sa.select(CapLedgerRow.send_id).where(CapLedgerRow.send_id.in_(ids)))
+            known: dict[str, str] = dict(
+                session.execute(
+                    sa.select(CapLedgerRow.send_id, CapLedgerRow.status).where(CapLedgerRow.send_id.in_(ids))
+                ).all()
             )
+            users = {r.user_id for r in requests}
+            opted = _opted_out(session, users)
             earliest = min(r.at for r in requests) - WEEK
             latest = max(r.at for r in requests) + WEEK
             held: dict[str, list[tuple[pd.Timestamp, str]]] = {}
             for user, at, channel in session.execute(
                 sa.select(CapLedgerRow.user_id, CapLedgerRow.at, CapLedgerRow.channel).where(
-                    CapLedgerRow.user_id.in_({r.user_id for r in requests}),
+                    CapLedgerRow.user_id.in_(users),
                     CapLedgerRow.at > earliest,
                     CapLedgerRow.at < latest,
                 )
@@ -239,8 +369,12 @@ class SqlLedger:
                 ).all()
             )
             for request in requests:
-                if request.send_id in reserved:
-                    verdicts.append(Verdict.duplicate)
+                status = known.get(request.send_id)
+                if status is not None:
+                    verdicts.append(Verdict.in_doubt if status == RESERVED else Verdict(status))
+                    continue
+                if opted(request.user_id, request.channel):
+                    verdicts.append(Verdict.opted_out)
                     continue
                 at = _utc(request.at)
                 mine = held.setdefault(request.user_id, [])
@@ -255,7 +389,7 @@ class SqlLedger:
                 if verdict is None:
                     verdict = Verdict.reserved
                     mine.append((at, request.channel))
-                    reserved.add(request.send_id)
+                    known[request.send_id] = RESERVED
                     campaign_sends[request.campaign_id] = campaign_sends.get(request.campaign_id, 0) + 1
                     session.add(
                         CapLedgerRow(
@@ -264,17 +398,79 @@ class SqlLedger:
                             campaign_id=request.campaign_id,
                             channel=request.channel,
                             at=at.to_pydatetime(),
+                            status=RESERVED,
                         )
                     )
                 verdicts.append(verdict)
         return verdicts
 
-    def release(self, requests: Sequence[Reservation]) -> None:
-        if requests:
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        if settlements:
             with self.store.session() as session:
-                session.execute(
-                    sa.delete(CapLedgerRow).where(CapLedgerRow.send_id.in_([r.send_id for r in requests]))
-                )
+                _settle(session, settlements)
+
+    def release(self, requests: Sequence[Reservation]) -> None:
+        self.settle([Settlement(r, Settle.release) for r in requests])
+
+    def suppress(self, changes: Sequence[OptChange]) -> None:
+        if not changes:
+            return
+        with self.store.session() as session:
+            for change in changes:
+                at = _utc(change.at).to_pydatetime()
+                row = session.get(SuppressionRow, (change.user_id, change.channel))
+                if row is None:
+                    session.add(
+                        SuppressionRow(
+                            user_id=change.user_id, channel=change.channel, at=at, opted_out=change.opted_out
+                        )
+                    )
+                    session.flush()  # a later change of the same user and channel in this batch finds it
+                elif _newer(at, change.opted_out, _utc(row.at).to_pydatetime(), row.opted_out):
+                    row.at, row.opted_out = at, change.opted_out
+
+
+RESERVED = "reserved"
+
+
+def _settle(session: Any, settlements: Sequence[Settlement]) -> None:
+    released = [s.request.send_id for s in settlements if s.outcome is Settle.release]
+    if released:
+        session.execute(sa.delete(CapLedgerRow).where(CapLedgerRow.send_id.in_(released)))
+    for outcome in (Settle.sent, Settle.unknown):
+        ids = [s.request.send_id for s in settlements if s.outcome is outcome]
+        if ids:
+            session.execute(
+                sa.update(CapLedgerRow).where(CapLedgerRow.send_id.in_(ids)).values(status=outcome.value)
+            )
+
+
+def _newer(at: datetime, opted_out: bool, than: datetime, than_opted_out: bool) -> bool:
+    """Whether a change at `at` overrides one at `than`: later wins; at a tie, the opt-out."""
+    return at > than or (at == than and opted_out and not than_opted_out)
+
+
+def _opted_out(session: Any, users: set[str]) -> Any:
+    """A test `(user, channel) -> bool` over these users' suppression lists, read once."""
+    entries: dict[str, dict[str, tuple[datetime, bool]]] = {}
+    for user, channel, at, out in session.execute(
+        sa.select(
+            SuppressionRow.user_id, SuppressionRow.channel, SuppressionRow.at, SuppressionRow.opted_out
+        ).where(SuppressionRow.user_id.in_(users))
+    ):
+        entries.setdefault(user, {})[channel] = (_utc(at).to_pydatetime(), bool(out))
+
+    def opted(user: str, channel: str) -> bool:
+        mine = entries.get(user)
+        if not mine:
+            return False
+        latest: tuple[datetime, bool] | None = None
+        for entry in (mine.get(channel), mine.get(ALL_CHANNELS)):
+            if entry is not None and (latest is None or _newer(*entry, *latest)):
+                latest = entry
+        return latest is not None and latest[1]
+
+    return opted
 
 
 def _refusal(

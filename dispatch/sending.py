@@ -10,17 +10,19 @@ The life of a send (DESIGN.md, "Dispatch rules"):
 2. `send_chunk` takes a chunk's ids and its token and re-reads the rows; only rows still `queued`
    under that token are its to handle (a stale or duplicated message finds none). For each: the
    campaign's state (cancelled → `cancelled`, paused → back to `planned`), the window, quiet hours in
-   the user's zone at the send instant; then one ledger step per send (dispatch.ledger: idempotency
-   on the send id, the caps, a reservation); then the channel call; then, fenced by the token, the
-   record and its events in one transaction. A failed call releases its reservation; a transient
-   failure is retried by the due-scan after a doubling delay, up to `dispatch_max_attempts` calls.
+   the user's zone at the send instant. Then, one message at a time: one ledger step (dispatch.ledger:
+   the previous call's outcome settled, then idempotency on the send id, the user's suppression list,
+   the caps, a reservation), then the channel call. Every `dispatch_recheck_every` messages the
+   campaigns' state is read again (a cancel or pause lands within that many sends), and the lease is
+   extended before it can lapse. At the end, fenced by the token, the records and their events in
+   one transaction.
 
-Delivery guarantee: an item is recorded `sent` at most once, and never lost: a worker killed at any
-point leaves it `queued`, and the scan hands it out again once the lease lapses. A worker killed
-after the channel accepted a message but before the record is the one gap: the next attempt finds
-its reservation (`duplicate`) and calls the channel again with the same idempotency key (the send
-id). Channels that honour the key (the sandbox; webhook receivers that check `Idempotency-Key`)
-then deliver once; those that do not (SMTP, FCM) may deliver that one message twice.
+Delivery guarantee (docs/dispatch.md has it whole): a call's outcome is durable in the ledger before
+the next call starts, so a worker killed at any point leaves at most the call under way in doubt. A
+later attempt records what the ledger holds without calling again (`sent`, `unknown`), and calls a
+send in doubt again only on a channel that dedupes by the send id; elsewhere it records `unknown`.
+An item is recorded once (the claim token fences every write) and never lost: a killed worker's items
+stay `queued`, and the scan hands them out again once the lease lapses.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from dispatch.channels import Message, Outcome, adapter_for
-from dispatch.ledger import CapLedger, Reservation, ledger_for
+from dispatch.channels import ChannelAdapter, Message, Outcome, adapter_for
+from dispatch.ledger import CapLedger, Reservation, Settle, Settlement, Verdict, ledger_for
 from dispatch.plan_store import CampaignRow, DispatchEventRow, PlanItemRow, PlanStore
 from pushplan.caps import FrequencyCap
 from pushplan.domain import Campaign, Decision, EventType, ItemState, Reason
@@ -98,7 +100,7 @@ def scan_due(
     chunks: list[Chunk] = []
     with store.session() as session:
         running = {
-            row.campaign_id: Campaign.model_validate(row.spec)
+            row.campaign_id: Campaign.stored(row.spec)
             for row in session.scalars(
                 sa.select(CampaignRow).where(CampaignRow.dispatch_state == DispatchState.running.value)
             )
@@ -201,7 +203,8 @@ def _start_fallbacks(
 
 @dataclass
 class ChunkResult:
-    """What one send step did, by final state and reason (`retry` counts transient failures to redo)."""
+    """What one send step did, by final state and reason (`retry` counts transient failures to redo,
+    `superseded` items another step holds now)."""
 
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -219,14 +222,20 @@ class _Updates:
     def add(self, plan_id: str, **values: Any) -> None:
         self.groups[tuple(sorted(values.items()))].append(plan_id)
 
-    def write(self, session: Any, claim: str) -> None:
+    def write(self, session: Any, claim: str) -> set[str]:
+        """Apply the changes to the rows still held under `claim`; the ids written."""
+        written: set[str] = set()
         for values, ids in self.groups.items():
-            session.execute(
-                sa.update(PlanItemRow)
-                .where(PlanItemRow.plan_id.in_(ids), PlanItemRow.claim == claim)
-                .values(dict(values))
-                .execution_options(synchronize_session=False)
+            written.update(
+                session.scalars(
+                    sa.update(PlanItemRow)
+                    .where(PlanItemRow.plan_id.in_(ids), PlanItemRow.claim == claim)
+                    .values(dict(values))
+                    .returning(PlanItemRow.plan_id)
+                    .execution_options(synchronize_session=False)
+                )
             )
+        return written
 
 
 def _finished(state: ItemState, reason: Reason, detail: str, now: datetime) -> dict[str, Any]:
@@ -240,6 +249,14 @@ def _finished(state: ItemState, reason: Reason, detail: str, now: datetime) -> d
     }
 
 
+def _held_back(now: datetime) -> dict[str, Any]:
+    """A paused campaign's item goes back to `planned`, for the due-scan to hand out after resume."""
+    return {"state": ItemState.planned.value, "claim": None, "lease_until": None, "updated_at": now}
+
+
+# One more channel call made: the same expression object for every row, so the rows still group.
+ONE_MORE_ATTEMPT = PlanItemRow.attempts + 1
+
 ROW_COLUMNS = (
     PlanItemRow.plan_id,
     PlanItemRow.campaign_id,
@@ -250,6 +267,7 @@ ROW_COLUMNS = (
     PlanItemRow.propensity,
     PlanItemRow.attempts,
     PlanItemRow.fallback_step,
+    PlanItemRow.lease_until,
 )
 
 
@@ -264,12 +282,11 @@ def send_chunk(
 ) -> ChunkResult:
     """Send the chunk's items that are still `queued` under `claim`; see the module docstring."""
     ledger = ledger or ledger_for(settings)
-    result = ChunkResult()
     now = datetime.now(UTC)
     at = as_of or now
     quiet = QuietHours(settings.quiet_start_hour, settings.quiet_end_hour).mask()
-    decided = _Updates()
     with store.session() as session:
+        # No row lock: the lease keeps the due-scan off these rows, and every write is fenced by the claim.
         rows = session.execute(
             sa.select(*ROW_COLUMNS)
             .where(
@@ -278,116 +295,216 @@ def send_chunk(
                 PlanItemRow.state == ItemState.queued.value,
             )
             .order_by(PlanItemRow.plan_id)
-            .with_for_update()  # the scan skips these while this step decides about them
         ).all()
         if not rows:
-            return result
+            return ChunkResult()
         campaigns = {
-            row.campaign_id: (Campaign.model_validate(row.spec), DispatchState(row.dispatch_state))
+            row.campaign_id: (Campaign.stored(row.spec), DispatchState(row.dispatch_state))
             for row in session.scalars(
                 sa.select(CampaignRow).where(CampaignRow.campaign_id.in_({r.campaign_id for r in rows}))
             )
         }
-        caps = {cid: FrequencyCap.of(settings, campaign) for cid, (campaign, _) in campaigns.items()}
-        pending: list[_Pending] = []
-        for row in rows:
-            campaign, state = campaigns[row.campaign_id]
-            zone = row.timezone or settings.default_timezone
-            local = at.astimezone(ZoneInfo(zone))
-            if state is DispatchState.cancelled:
-                change = _finished(ItemState.cancelled, Reason.cancelled, "the campaign was cancelled", now)
-            elif state is not DispatchState.running:  # paused: wait for resume as a planned item
-                decided.add(
-                    row.plan_id, state=ItemState.planned.value, claim=None, lease_until=None, updated_at=now
-                )
-                result.add("held_back")
-                continue
-            elif at >= campaign.window.end:
-                change = _finished(
-                    ItemState.suppressed, Reason.expired, f"window ended {campaign.window.end}", now
-                )
-            elif quiet[local.hour]:
-                change = _finished(
-                    ItemState.suppressed, Reason.quiet_hours, f"{local:%H:%M} local in {zone}", now
-                )
-            else:
-                pending.append(_pending(row, campaign, caps[row.campaign_id], settings, at))
-                continue
-            decided.add(row.plan_id, **change)
-            result.add(f"{change['state']}:{change['reason']}")
-        # Attempts are counted before the call, so a crash mid-call still counts; the lease covers it.
-        lease = now + timedelta(seconds=settings.dispatch_lease_seconds)
-        for item in pending:
-            decided.add(item.plan_id, attempts=item.attempts, lease_until=lease)
-        decided.write(session, claim)
-    if not pending:
-        return result
+    caps = {cid: FrequencyCap.of(settings, campaign) for cid, (campaign, _) in campaigns.items()}
+    step = _SendStep(store, settings, ledger, claim, now, at)
+    for row in rows:
+        campaign, state = campaigns[row.campaign_id]
+        zone = row.timezone or settings.default_timezone
+        local = at.astimezone(ZoneInfo(zone))
+        if state is DispatchState.cancelled:
+            step.finish(row.plan_id, ItemState.cancelled, Reason.cancelled, "the campaign was cancelled")
+        elif state is not DispatchState.running:  # paused: wait for resume as a planned item
+            step.record(row.plan_id, "held_back", _held_back(now))
+        elif at >= campaign.window.end:
+            ended = f"window ended {campaign.window.end}"
+            step.finish(row.plan_id, ItemState.suppressed, Reason.expired, ended)
+        elif quiet[local.hour]:
+            where = f"{local:%H:%M} local in {zone}"
+            step.finish(row.plan_id, ItemState.suppressed, Reason.quiet_hours, where)
+        else:
+            step.pending.append(_pending(row, campaign, caps[row.campaign_id], settings, at))
+            step.lease_until = min(step.lease_until, _aware(row.lease_until))
+    step.send_pending()
+    return step.write()
 
-    verdicts = ledger.reserve([p.reservation for p in pending])
-    to_call = [p for p, v in zip(pending, verdicts, strict=True) if not v.capped]
-    outcomes = _call_channels(settings, [p.message for p in to_call])
-    failed_calls = [p.reservation for p in to_call if not outcomes[p.message.send_id].ok]
-    ledger.release(failed_calls)  # a failed call holds no cap
 
-    recorded = _Updates()
-    events: list[dict[str, Any]] = []
-    with store.session() as session:
-        held = set(
-            session.scalars(
-                sa.select(PlanItemRow.plan_id)
-                .where(
-                    PlanItemRow.plan_id.in_([p.plan_id for p in pending]),
-                    PlanItemRow.claim == claim,  # fenced: a lapsed lease handed it to another task
-                    PlanItemRow.state == ItemState.queued.value,
-                )
-                .order_by(PlanItemRow.plan_id)
-                .with_for_update()
-            )
+class _SendStep:
+    """One chunk's sending: each call reserved and settled in the ledger one message at a time, the
+    campaigns' state re-read and the lease extended as it goes, the outcomes written at the end.
+
+    Per message, one ledger round trip carries the previous call's settlement and this send's
+    reservation, so no call starts before the one before it is durable: a worker killed anywhere
+    leaves at most the call under way in doubt (`in_doubt`), which a later attempt makes again only
+    on a channel that dedupes, and records `unknown` on any other.
+    """
+
+    def __init__(
+        self, store: PlanStore, settings: Settings, ledger: CapLedger, claim: str, now: datetime, at: datetime
+    ) -> None:
+        self.store, self.settings, self.ledger, self.claim, self.now, self.at = (
+            store,
+            settings,
+            ledger,
+            claim,
+            now,
+            at,
         )
-        for item, verdict in zip(pending, verdicts, strict=True):
+        self.pending: list[_Pending] = []
+        self.lease_until = now + timedelta(seconds=settings.dispatch_lease_seconds)
+        self.updates = _Updates()
+        self.outcomes: dict[str, str] = {}  # plan_id -> what ChunkResult counts
+        self.events: dict[str, list[dict[str, Any]]] = {}
+
+    def record(self, plan_id: str, outcome: str, values: dict[str, Any]) -> None:
+        self.updates.add(plan_id, **values)
+        self.outcomes[plan_id] = outcome
+
+    def finish(self, plan_id: str, state: ItemState, reason: Reason, detail: str, **more: Any) -> None:
+        self.record(plan_id, f"{state}:{reason}", _finished(state, reason, detail, self.now) | more)
+
+    def send_pending(self) -> None:
+        settings, ledger = self.settings, self.ledger
+        held = {p.plan_id for p in self.pending}
+        states: dict[str, DispatchState] = {}
+        settle: list[Settlement] = []
+        for index, item in enumerate(self.pending):
+            if index % settings.dispatch_recheck_every == 0:
+                states = self._campaign_states()
+            if self._lease_running_out():
+                held = self._extend_lease(held)
+            state = states.get(item.reservation.campaign_id, DispatchState.cancelled)
             if item.plan_id not in held:
-                result.add("superseded")
+                continue  # another step holds it now (its lease lapsed): it is theirs to send
+            if state is DispatchState.cancelled:
+                self.finish(item.plan_id, ItemState.cancelled, Reason.cancelled, "the campaign was cancelled")
                 continue
-            if verdict.capped:
-                recorded.add(
-                    item.plan_id, **_finished(ItemState.suppressed, Reason.capped, f"cap {verdict}", now)
-                )
-                result.add(f"suppressed:{Reason.capped}")
+            if state is not DispatchState.running:
+                self.record(item.plan_id, "held_back", _held_back(self.now))
                 continue
-            outcome = outcomes[item.message.send_id]
-            if outcome.ok:
-                recorded.add(
-                    item.plan_id,
-                    state=ItemState.sent.value,
-                    sent_at=at,
-                    detail=None,
-                    claim=None,
-                    lease_until=None,
-                    updated_at=now,
+            (verdict,) = ledger.reserve([item.reservation], settle=settle)
+            settle = []
+            outcome = self._send(item, verdict)
+            if outcome is not None:
+                settle.append(Settlement(item.reservation, outcome))
+        ledger.settle(settle)
+
+    def _send(self, item: _Pending, verdict: Verdict) -> Settle | None:
+        """Act on the ledger's verdict for one send; what to settle it as, if anything."""
+        if verdict.capped:
+            self.finish(item.plan_id, ItemState.suppressed, Reason.capped, f"cap {verdict}")
+            return None
+        if verdict is Verdict.opted_out:
+            detail = f"user opted out of {item.message.channel} before the send"
+            self.finish(item.plan_id, ItemState.suppressed, Reason.opted_out, detail)
+            return None
+        if verdict is Verdict.sent:  # an earlier attempt's call delivered; its worker died before the record
+            self._sent(item)
+            return None
+        if verdict is Verdict.unknown:
+            self._unknown(item, "an earlier attempt's call may have delivered")
+            return None
+        adapter = _adapter(self.settings, item.message.channel)
+        if isinstance(adapter, str):
+            missing = Outcome(item.message.send_id, ok=False, reason="not_configured", detail=adapter)
+            self._failed(item, missing)
+            return Settle.release
+        if verdict is Verdict.in_doubt and not adapter.dedupes:
+            self._unknown(item, "an earlier attempt's call was under way when its worker stopped")
+            return Settle.unknown
+        outcome = _call(adapter, _addressed(self.settings, item.message))
+        if outcome.ok:
+            self._sent(item, attempted=True)
+            return Settle.sent
+        if outcome.unknown:
+            self._unknown(item, _said(outcome), attempted=True)
+            return Settle.unknown
+        self._failed(item, outcome)
+        return Settle.release  # a failed call holds no cap, and a retry reserves again
+
+    def _sent(self, item: _Pending, *, attempted: bool = False) -> None:
+        values = {
+            "state": ItemState.sent.value,
+            "sent_at": self.at,
+            "detail": None,
+            "claim": None,
+            "lease_until": None,
+            "updated_at": self.now,
+        }
+        self.record(item.plan_id, "sent", values | ({"attempts": ONE_MORE_ATTEMPT} if attempted else {}))
+        self.events[item.plan_id] = _events(item, self.at, (EventType.push_sent, EventType.push_delivered))
+
+    def _unknown(self, item: _Pending, detail: str, *, attempted: bool = False) -> None:
+        more = {"attempts": ONE_MORE_ATTEMPT} if attempted else {}
+        self.finish(item.plan_id, ItemState.unknown, Reason.outcome_unknown, detail, **more)
+
+    def _failed(self, item: _Pending, outcome: Outcome) -> None:
+        attempts = item.attempts  # this call included
+        if outcome.transient and attempts < self.settings.dispatch_max_attempts:
+            delay = self.settings.dispatch_retry_seconds * 2 ** (attempts - 1)
+            values = {
+                "lease_until": self.now + timedelta(seconds=delay),
+                "detail": _said(outcome),
+                "attempts": ONE_MORE_ATTEMPT,
+                "updated_at": self.now,
+            }
+            self.record(item.plan_id, "retry", values)
+            return
+        self.finish(
+            item.plan_id, ItemState.failed, Reason.send_failed, _said(outcome), attempts=ONE_MORE_ATTEMPT
+        )
+        self.outcomes[item.plan_id] = f"failed:{outcome.reason}"
+        self.events[item.plan_id] = _events(item, self.at, (EventType.push_failed,))
+
+    def _campaign_states(self) -> dict[str, DispatchState]:
+        """The chunk's campaigns' dispatch states now: a pause or cancel is seen within RECHECK sends."""
+        ids = {p.reservation.campaign_id for p in self.pending}
+        with self.store.session() as session:
+            rows = session.execute(
+                sa.select(CampaignRow.campaign_id, CampaignRow.dispatch_state).where(
+                    CampaignRow.campaign_id.in_(ids)
                 )
-                events += _events(item, at, (EventType.push_sent, EventType.push_delivered))
-                result.add("sent")
-            elif outcome.transient and item.attempts < settings.dispatch_max_attempts:
-                delay = settings.dispatch_retry_seconds * 2 ** (item.attempts - 1)
-                recorded.add(
-                    item.plan_id,
-                    lease_until=now + timedelta(seconds=delay),
-                    detail=_said(outcome),
-                    updated_at=now,
+            ).all()
+        return {campaign_id: DispatchState(state) for campaign_id, state in rows}
+
+    def _lease_running_out(self) -> bool:
+        left = (self.lease_until - datetime.now(UTC)).total_seconds()
+        return left < self.settings.dispatch_lease_seconds / 2
+
+    def _extend_lease(self, held: set[str]) -> set[str]:
+        """Renew the lease of the chunk's rows still ours; the ids still held (fenced by the claim)."""
+        now = datetime.now(UTC)
+        lease_until = now + timedelta(seconds=self.settings.dispatch_lease_seconds)
+        with self.store.session() as session:
+            kept = set(
+                session.scalars(
+                    sa.update(PlanItemRow)
+                    .where(
+                        PlanItemRow.plan_id.in_(sorted(held)),
+                        PlanItemRow.claim == self.claim,
+                        PlanItemRow.state == ItemState.queued.value,
+                    )
+                    .values(lease_until=lease_until, updated_at=now)
+                    .returning(PlanItemRow.plan_id)
+                    .execution_options(synchronize_session=False)
                 )
-                result.add("retry")
-            else:
-                recorded.add(
-                    item.plan_id, **_finished(ItemState.failed, Reason.send_failed, _said(outcome), now)
-                )
-                events += _events(item, at, (EventType.push_failed,))
-                result.add(f"failed:{outcome.reason}")
-        recorded.write(session, claim)
-        if events:
+            )
+        self.lease_until = lease_until
+        return kept
+
+    def write(self) -> ChunkResult:
+        """Record every outcome, fenced by the claim, with its events, in one transaction."""
+        result = ChunkResult()
+        with self.store.session() as session:
+            written = self.updates.write(session, self.claim)
+            events = [e for plan_id in written for e in self.events.get(plan_id, [])]
             # Multi-row INSERTs, a thousand rows each: under SQLite's limit on bound parameters.
             for batch in _chunked(events, 1_000):
                 session.execute(sa.insert(DispatchEventRow).values(batch))
-    return result
+        for item in self.pending:
+            if item.plan_id not in self.outcomes:
+                self.outcomes[item.plan_id] = "superseded"
+        for plan_id, outcome in self.outcomes.items():
+            result.add(outcome if plan_id in written else "superseded")
+        return result
 
 
 @dataclass(frozen=True)
@@ -431,36 +548,36 @@ def _pending(row: Any, campaign: Campaign, cap: FrequencyCap, settings: Settings
     )
 
 
-def _call_channels(settings: Settings, messages: list[Message]) -> dict[str, Outcome]:
-    """Each channel's messages in one adapter call; a channel that is not configured fails them all
-    (permanently: retrying cannot configure it), with the adapter's explanation."""
-    by_channel: dict[str, list[Message]] = defaultdict(list)
-    for message in messages:
-        by_channel[message.channel].append(message)
-    outcomes: dict[str, Outcome] = {}
-    for channel, batch in by_channel.items():
-        try:
-            adapter = adapter_for(settings, channel)
-        except ValueError as exc:
-            outcomes |= {
-                m.send_id: Outcome(m.send_id, ok=False, reason="not_configured", detail=str(exc))
-                for m in batch
-            }
-            continue
-        batch = _with_recipients(settings, channel, batch)
-        outcomes |= {o.send_id: o for o in adapter.send(batch)}
-    return outcomes
+def _adapter(settings: Settings, channel: str) -> ChannelAdapter | str:
+    """The channel's adapter, or why there is none (a channel that is not configured fails its items
+    permanently: retrying cannot configure it)."""
+    try:
+        return adapter_for(settings, channel)
+    except ValueError as exc:
+        return str(exc)
 
 
-def _with_recipients(settings: Settings, channel: str, messages: list[Message]) -> list[Message]:
-    column = RECIPIENT_COLUMN.get(channel)
+def _call(adapter: ChannelAdapter, message: Message) -> Outcome:
+    """One channel call; whatever it raises is this message's failure, never the chunk's."""
+    try:
+        (outcome,) = adapter.send([message])
+    except Exception as exc:  # a bug or bad data in one message must not stop the others
+        return Outcome(message.send_id, ok=False, reason="error", detail=f"{type(exc).__name__}: {exc}")
+    return outcome
+
+
+def _addressed(settings: Settings, message: Message) -> Message:
+    column = RECIPIENT_COLUMN.get(message.channel)
     if column is None:
-        return messages
-    addresses = _recipients(settings.users_path, column)
-    return [
-        dataclasses.replace(m, recipient=addresses.get(m.user_id))  # frozen: a copy with the address
-        for m in messages
-    ]
+        return message
+    address = _recipients(settings.users_path, column).get(message.user_id)
+    return dataclasses.replace(message, recipient=address)  # frozen: a copy with the address
+
+
+def _aware(value: datetime | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite keeps no zone; we store UTC
 
 
 _RECIPIENTS: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}

@@ -84,9 +84,11 @@ def events_import(
     ] = None,
 ) -> None:
     """Validate and store files; a file with a bad row is refused whole, naming row, column and reason."""
+    from dispatch.suppression import suppress_from_file
     from features.event_store import EventStore, ImportRefused
 
-    store = EventStore(get_settings())
+    settings = get_settings()
+    store = EventStore(settings)
     refused = 0
     for path in files:
         try:
@@ -95,9 +97,12 @@ def events_import(
             refused += 1
             err.print(f"[bold red]refused[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             continue
+        # Opt-outs and opt-ins reach the send path's suppression list, checked at every send.
+        suppressed = suppress_from_file(settings, path) if result.kind is Kind.events else 0
         out.print(
             f"{result.path}: {result.rows:,} {result.kind} rows, {result.stored:,} stored, "
-            f"{result.already_stored:,} already in the store",
+            f"{result.already_stored:,} already in the store"
+            + (f"; {suppressed:,} opt-outs/opt-ins on the suppression list" if suppressed else ""),
             highlight=False,
             soft_wrap=True,
         )

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     dispatch_max_attempts: int = Field(
         default=5, ge=1, description="Channel calls per send before a transient error becomes `failed`."
     )
+    dispatch_recheck_every: int = Field(
+        default=20,
+        ge=1,
+        le=20,
+        description="A send step re-reads its campaigns' state (pause, cancel) at least every this many "
+        "messages: the most a step sends after a cancel returns.",
+    )
     dispatch_retry_seconds: float = Field(
         default=30.0, gt=0, description="First retry delay after a transient error; doubles each attempt."
     )
@@ -101,6 +108,11 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(default=None, description="Where the `webhook` channel POSTs.")
     webhook_secret: str | None = Field(
         default=None, description="HMAC-SHA256 key that signs webhook bodies (X-Pushplan-Signature)."
+    )
+    webhook_dedupes: bool = Field(
+        default=False,
+        description="The webhook receiver drops a repeated Idempotency-Key, so a call whose outcome is "
+        "unknown (a timeout, a worker killed mid-call) may be made again instead of recorded `unknown`.",
     )
     smtp_host: str = Field(default="127.0.0.1", description="SMTP server of the `email` channel.")
     smtp_port: int = Field(default=25, ge=1, le=65535)

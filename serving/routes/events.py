@@ -1,18 +1,26 @@
-"""Events back from campaign systems: validated like `events import`, stored whole or not at all."""
+"""Events back from campaign systems (validated like `events import`, stored whole or not at all), and
+channel providers' feedback (bounces, unsubscribes, complaints) for the suppression list."""
 
 from __future__ import annotations
 
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from dispatch.control import mark_opened
-from features.event_store import EventStore, ImportRefused
+from dispatch.ledger import OptChange
+from dispatch.plan_store import PlanItemRow, PlanStore
+from dispatch.suppression import suppress, suppress_from_events
+from features.event_store import EventStore, ImportRefused, ImportResult
 from features.store import feature_store, push_events
+from pushplan.domain import Channel, EventType
+from pushplan.settings import Settings
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep
 
 router = APIRouter(tags=["events"])
@@ -70,21 +78,15 @@ REFUSED = {
 
 @router.post("/v1/events", response_model=EventsAccepted, responses=BODY_RESPONSES | {422: REFUSED})
 def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: CampaignRole) -> EventsAccepted:
-    """Store a batch of events (idempotent on event_id), fold sends and clicks into online fatigue, and
-    note opens on their plan items (a campaign's fallback re-sends only what was not opened)."""
+    """Store a batch of events (idempotent on event_id), fold sends and clicks into online fatigue, note
+    opens on their plan items (a campaign's fallback re-sends only what was not opened), and put
+    `opt_out` / `unsubscribed` users on the suppression list (`opt_in` lifts it) that every send checks."""
     settings = request.app.state.settings
     frame = pd.DataFrame(body.events).astype(object).where(lambda f: f.notna(), None)
-    # The same path as a file import, so the same validation, messages and whole-or-nothing rule.
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "events.parquet"
-        frame.astype({c: "string" for c in frame.columns}).to_parquet(path, index=False)
-        try:
-            result = EventStore(settings).import_file(path)
-        except ImportRefused as exc:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, exc.detail.replace(str(path), "events")
-            ) from None
+    result = _import(settings, frame)
     if {"event_type", "user_id", "timestamp"} <= set(frame.columns):
+        # First: the one a user is owed. A failure after it is repaired by posting the batch again.
+        suppress_from_events(settings, frame)
         push_events(
             feature_store(settings),
             settings,
@@ -92,3 +94,108 @@ def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: Cam
         )
         mark_opened(store, frame)
     return EventsAccepted(received=result.rows, stored=result.stored, already_stored=result.already_stored)
+
+
+def _import(settings: Settings, frame: pd.DataFrame) -> ImportResult:
+    """The same path as a file import, so the same validation, messages and whole-or-nothing rule."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "events.parquet"
+        frame.astype({c: "string" for c in frame.columns}).to_parquet(path, index=False)
+        try:
+            return EventStore(settings).import_file(path)
+        except ImportRefused as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY, exc.detail.replace(str(path), "events")
+            ) from None
+
+
+class FeedbackKind(StrEnum):
+    bounce = "bounce"  # the address is dead: that channel is suppressed, no event
+    unsubscribe = "unsubscribe"  # the user said stop at the provider (a link, STOP by SMS)
+    complaint = "complaint"  # marked as spam: treated as an unsubscribe
+
+
+class ChannelFeedback(BaseModel):
+    """One provider report about a send or a user: by `send_id` (the Idempotency-Key pushplan sent),
+    or by `user_id` when the provider reports on an address rather than a message."""
+
+    kind: FeedbackKind
+    send_id: str | None = Field(default=None, max_length=64)
+    user_id: str | None = Field(default=None, max_length=200)
+    at: AwareDatetime = Field(description="When the provider saw it (ISO 8601 with an offset).")
+
+    @model_validator(mode="after")
+    def _someone(self) -> ChannelFeedback:
+        if not (self.send_id or self.user_id):
+            raise ValueError("give send_id or user_id")
+        return self
+
+
+class FeedbackBatch(BaseModel):
+    feedback: list[ChannelFeedback] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackAccepted(BaseModel):
+    received: int
+    suppressed: int = Field(description="Suppression-list entries written (one per report).")
+    events_stored: int = Field(description="`unsubscribed` events new to the event store.")
+
+
+@router.post(
+    "/v1/channels/{channel}/feedback",
+    response_model=FeedbackAccepted,
+    responses=BODY_RESPONSES | {422: REFUSED},
+)
+def post_channel_feedback(
+    channel: Channel, body: FeedbackBatch, request: Request, store: PlanStoreDep, _: CampaignRole
+) -> FeedbackAccepted:
+    """A channel provider's bounces, unsubscribes and complaints: each puts the user on the suppression
+    list for this channel at once (checked at every later send); unsubscribes and complaints are also
+    stored as `unsubscribed` events (with the campaign, when a send_id names it), like any event."""
+    settings = request.app.state.settings
+    sends = _sends(store, [f.send_id for f in body.feedback if f.send_id])
+    changes: list[OptChange] = []
+    events: list[dict[str, Any]] = []
+    for index, report in enumerate(body.feedback):
+        user_id, campaign_id = report.user_id, None
+        if report.send_id:
+            if report.send_id not in sends:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_ENTITY,
+                    f"feedback[{index}]: no send {report.send_id!r} (send_id is the Idempotency-Key "
+                    "pushplan sent); nothing was stored",
+                )
+            user_id, campaign_id = sends[report.send_id]
+        assert user_id is not None  # the model requires send_id or user_id
+        changes.append(OptChange(user_id, channel.value, report.at, opted_out=True))
+        if report.kind is not FeedbackKind.bounce:
+            events.append(
+                {
+                    "event_id": f"feedback/{channel.value}/{report.send_id or user_id}/{report.kind.value}",
+                    "user_id": user_id,
+                    "event_type": EventType.unsubscribed.value,
+                    "timestamp": report.at.isoformat(),
+                    "campaign_id": campaign_id,
+                    "channel": channel.value,
+                }
+            )
+    stored = _import(settings, pd.DataFrame(events)).stored if events else 0
+    suppress(settings, changes)
+    return FeedbackAccepted(received=len(body.feedback), suppressed=len(changes), events_stored=stored)
+
+
+def _sends(store: PlanStore, send_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """send_id -> (user, campaign) for the send ids that name a plan item (`<plan_id>[:<step>]`)."""
+    plan_ids = {send_id.split(":", 1)[0]: send_id for send_id in send_ids}
+    if not plan_ids:
+        return {}
+    with store.session() as session:
+        rows = session.execute(
+            sa.select(PlanItemRow.plan_id, PlanItemRow.user_id, PlanItemRow.campaign_id).where(
+                PlanItemRow.plan_id.in_(list(plan_ids))
+            )
+        ).all()
+    found = {plan_id: (user, campaign) for plan_id, user, campaign in rows}
+    return {
+        send_id: found[send_id.split(":", 1)[0]] for send_id in send_ids if send_id.split(":", 1)[0] in found
+    }

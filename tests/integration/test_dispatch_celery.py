@@ -9,14 +9,9 @@ that the per-channel day cap binds on sends that all go out within seconds.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,101 +20,19 @@ import pytest
 import sqlalchemy as sa
 
 from dispatch.control import control
-from dispatch.plan_store import DispatchEventRow, PlanItemRow, PlanStore, migrate
+from dispatch.plan_store import DispatchEventRow, PlanItemRow
 from pushplan.caps import FrequencyCap
-from pushplan.settings import Profile, Settings
+from pushplan.settings import Profile
+from tests.dispatch_processes import FINAL, Deployment, deployed
 from tests.dispatch_setup import campaign, send_items, store_campaign
-from tests.services import RedisServer, scratch_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-FINAL = {"sent", "suppressed", "failed", "cancelled"}
-
-
-@dataclass
-class Deployment:
-    settings: Settings
-    env: dict[str, str]
-    redis: RedisServer
-    store: PlanStore
-    processes: list[subprocess.Popen[bytes]]
-
-    def start(self, *command: str) -> subprocess.Popen[bytes]:
-        """`pushplan <command>` in a session of its own, so a kill takes its pool children too."""
-        log = (self.settings.data_dir / f"{command[0]}-{len(self.processes)}.log").open("w")
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("pushplan")), *command],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,
-        )
-        self.processes.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def states(self) -> Counter[str]:
-        with self.store.session() as session:
-            return Counter(
-                dict(
-                    session.execute(
-                        sa.select(PlanItemRow.state, sa.func.count()).group_by(PlanItemRow.state)
-                    ).all()
-                )
-            )
-
-    def wait_until(self, done: Callable[[], bool], what: str, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                logs = {p.name: p.read_text()[-3000:] for p in self.settings.data_dir.glob("*.log")}
-                raise AssertionError(f"{what}: not within {timeout_s} s; states {self.states()}; logs {logs}")
-            time.sleep(0.2)
-
-    def all_final(self) -> bool:
-        return set(self.states()) <= FINAL
 
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    with scratch_database("pushplan_dispatch") as database_url, RedisServer(tmp_path / "redis") as redis:
-        values = {
-            "PUSHPLAN_PROFILE": "production",
-            "PUSHPLAN_DATA_DIR": str(tmp_path / "data"),
-            "PUSHPLAN_REDIS_URL": redis.url,
-            "PUSHPLAN_DATABASE_URL": database_url,
-            "PUSHPLAN_QUIET_START_HOUR": "0",
-            "PUSHPLAN_QUIET_END_HOUR": "0",
-            "PUSHPLAN_CAP_MIN_GAP_MINUTES": "0",
-            "PUSHPLAN_DISPATCH_SCAN_SECONDS": "0.5",
-            "PUSHPLAN_DISPATCH_LEASE_SECONDS": "15",
-            "PUSHPLAN_DISPATCH_MAX_IN_FLIGHT": "3000",
-            "PUSHPLAN_DISPATCH_CHUNK": "250",
-        }
-        settings = Settings(
-            profile=Profile.production,
-            data_dir=Path(values["PUSHPLAN_DATA_DIR"]),
-            redis_url=redis.url,
-            database_url=database_url,
-            quiet_start_hour=0,
-            quiet_end_hour=0,
-            cap_min_gap_minutes=0,
-        )
-        settings.data_dir.mkdir(parents=True)
-        migrate(settings)
-        store = PlanStore(settings)
-        found = Deployment(settings, {**os.environ, **values}, redis, store, [])
-        try:
-            yield found
-        finally:
-            for process in found.processes:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-            store.engine.dispose()
+    with deployed(Profile.production, tmp_path / "data") as found:
+        yield found
 
 
 def plan_overlapping_campaigns(deployment: Deployment, users: int, campaigns: int) -> None:
@@ -211,6 +124,7 @@ def test_dispatch_resumes_after_the_broker_restarts(deployment: Deployment) -> N
     deployment.start("worker", "--concurrency", "2", "--loglevel", "info")
     deployment.start("beat", "--loglevel", "info")
     deployment.wait_until(lambda: deployment.states()["sent"] >= 300, "some sent before the restart")
+    assert deployment.redis is not None
     deployment.redis.stop()
     time.sleep(2)  # send steps past their ledger step finish their records (PostgreSQL is up)
     during = deployment.states()["sent"]

@@ -14,7 +14,18 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from dispatch.ledger import CapLedger, RedisLedger, Reservation, SqlLedger, Verdict, local_day_bounds
+from dispatch.ledger import (
+    ALL_CHANNELS,
+    CapLedger,
+    OptChange,
+    RedisLedger,
+    Reservation,
+    Settle,
+    Settlement,
+    SqlLedger,
+    Verdict,
+    local_day_bounds,
+)
 from dispatch.plan_store import PlanStore, migrate
 from pushplan.caps import FrequencyCap
 from pushplan.settings import Settings
@@ -67,11 +78,50 @@ def test_a_send_id_is_reserved_once_and_free_again_after_release(make_ledger) ->
     ledger = make_ledger()
     first = ask("s1", T0)
     assert ledger.reserve([first]) == [Verdict.reserved]
-    assert ledger.reserve([first]) == [Verdict.duplicate]
+    assert ledger.reserve([first]) == [Verdict.in_doubt]
     assert ledger.reserve([ask("s2", T0 + timedelta(minutes=10))]) == [Verdict.min_gap]
     ledger.release([first])
     assert ledger.reserve([ask("s2", T0 + timedelta(minutes=10))]) == [Verdict.reserved]
     assert ledger.reserve([first]) == [Verdict.min_gap]  # its slot is taken now; the id itself is free
+
+
+def test_a_settled_send_answers_its_outcome_and_keeps_counting(make_ledger) -> None:
+    ledger = make_ledger()
+    sent, unknown = ask("s1", T0), ask("s2", T0 + timedelta(hours=1))
+    assert ledger.reserve([sent]) == [Verdict.reserved]
+    # The settlement rides with the next reservation: one round trip, applied first.
+    assert ledger.reserve([unknown], settle=[Settlement(sent, Settle.sent)]) == [Verdict.reserved]
+    ledger.settle([Settlement(unknown, Settle.unknown)])
+    assert ledger.reserve([sent, unknown]) == [Verdict.sent, Verdict.unknown]
+    # Both still hold the per channel day cap (2).
+    assert ledger.reserve([ask("s3", T0 + timedelta(hours=3))]) == [Verdict.per_channel_day]
+
+
+def test_opt_outs_suppress_per_channel_until_a_later_opt_in(make_ledger) -> None:
+    ledger = make_ledger()
+    hour = timedelta(hours=1)
+    loose = FrequencyCap(99, 99, 99, timedelta(0))
+    ledger.suppress([OptChange("u", ALL_CHANNELS, T0, opted_out=True)])
+    assert ledger.reserve([ask("a", T0 + hour, cap=loose), ask("b", T0, user="v", cap=loose)]) == [
+        Verdict.opted_out,
+        Verdict.reserved,
+    ]
+    ledger.suppress(
+        [
+            OptChange("u", "push", T0 + hour, opted_out=False),  # back on push only
+            OptChange("u", "sms", T0 - hour, opted_out=False),  # older than the opt-out: no effect
+        ]
+    )
+    assert ledger.reserve(
+        [ask("c", T0 + 2 * hour, cap=loose), ask("d", T0 + 2 * hour, channel="sms", cap=loose)]
+    ) == [Verdict.reserved, Verdict.opted_out]
+    # Changes may arrive out of order: an older opt-out after a newer opt-in changes nothing.
+    ledger.suppress([OptChange("u", "push", T0 + 30 * timedelta(minutes=1), opted_out=True)])
+    assert ledger.reserve([ask("e", T0 + 3 * hour, cap=loose)]) == [Verdict.reserved]
+    ledger.suppress([OptChange("u", ALL_CHANNELS, T0 + 4 * hour, opted_out=True)])
+    assert ledger.reserve([ask("f", T0 + 5 * hour, cap=loose)]) == [Verdict.opted_out]
+    # An earlier send that was settled stays what it was.
+    assert ledger.reserve([ask("c", T0 + 2 * hour, cap=loose)]) == [Verdict.in_doubt]
 
 
 def test_each_cap_refuses_by_name(make_ledger) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from fastapi.testclient import TestClient
 
+from dispatch.ledger import Reservation, SqlLedger, Verdict
+from dispatch.plan_store import PlanStore
 from features.event_store import EventStore
+from pushplan.caps import FrequencyCap
 from pushplan.settings import Settings
 from serving.keys import Role
+from tests.dispatch_setup import campaign, send_items, store_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -265,3 +271,60 @@ def test_campaign_control_over_http(served: tuple[TestClient, dict[Role, str], S
     status = client.get(f"{base}/dispatch-status", headers=operator).json()
     assert status["dispatch_state"] == "cancelled"
     assert client.post("/v1/campaigns/nope/dispatch", headers=headers).status_code == 404
+
+
+def test_opt_outs_and_provider_feedback_reach_the_suppression_list(
+    served: tuple[TestClient, dict[Role, str], Settings],
+) -> None:
+    client, keys, settings = served
+    headers = {"X-API-Key": keys[Role.campaign]}
+    store = PlanStore(settings)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    c = campaign("feedback", start, channels=["sms"])
+    store_campaign(store, c, send_items(c, ["fa", "fb", "fc"], [start] * 3))
+    plan_ids = {row.user_id: row.plan_id for row in store.list_items("feedback")}
+    posted = client.post(
+        "/v1/events",
+        json={
+            "events": [
+                {
+                    "event_id": "oo-1",
+                    "user_id": "fa",
+                    "event_type": "opt_out",
+                    "timestamp": "2026-11-30T00:00:00Z",
+                }
+            ]
+        },
+        headers=headers,
+    )
+    assert posted.status_code == 200, posted.text
+    feedback = {
+        "feedback": [
+            {"kind": "bounce", "send_id": plan_ids["fb"], "at": "2026-11-30T01:00:00Z"},
+            {"kind": "unsubscribe", "user_id": "fc", "at": "2026-11-30T02:00:00Z"},
+        ]
+    }
+    answered = client.post("/v1/channels/sms/feedback", json=feedback, headers=headers)
+    assert answered.status_code == 200, answered.text
+    assert answered.json() == {"received": 2, "suppressed": 2, "events_stored": 1}
+    ledger = SqlLedger(store)
+    asks = [
+        Reservation(f"{user}-{channel}", user, "other", channel, start, "UTC", FrequencyCap.of(settings))
+        for user in ("fa", "fb", "fc")
+        for channel in ("sms", "email")
+    ]
+    # fa opted out of everything; fb's and fc's reports were about SMS only.
+    assert ledger.reserve(asks) == [Verdict.opted_out] * 3 + [
+        Verdict.reserved,
+        Verdict.opted_out,
+        Verdict.reserved,
+    ]
+    unknown = {"feedback": [{"kind": "bounce", "send_id": "no-such-send", "at": "2026-11-30T01:00:00Z"}]}
+    refused = client.post("/v1/channels/sms/feedback", json=unknown, headers=headers)
+    assert refused.status_code == 422 and "feedback[0]" in refused.json()["detail"]
+    assert (
+        client.post(
+            "/v1/channels/sms/feedback", json=feedback, headers={"X-API-Key": keys[Role.operator]}
+        ).status_code
+        == 403
+    )

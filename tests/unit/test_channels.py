@@ -119,7 +119,8 @@ def http_stub() -> Iterator[HttpStub]:
 
 def channel_settings(tmp_path: Path, **values: Any) -> Settings:
     values.setdefault("channel_rate_per_second", {})
-    return Settings(data_dir=tmp_path / "data", channel_timeout_seconds=2.0, **values)
+    values.setdefault("channel_timeout_seconds", 2.0)
+    return Settings(data_dir=tmp_path / "data", **values)
 
 
 # --- sandbox ------------------------------------------------------------------------------------------
@@ -213,24 +214,57 @@ def test_webhook_posts_signed_json_with_its_idempotency_key(tmp_path: Path, http
 
 
 @pytest.mark.parametrize(
-    ("status", "transient", "reason"),
+    ("status", "transient", "unknown", "reason"),
     [
-        (503, True, "http_503"),
-        (429, True, "http_429"),
-        (400, False, "rejected_400"),
-        (404, False, "rejected_404"),
+        (503, True, False, "http_503"),
+        (429, True, False, "http_429"),
+        # An error after the receiver may have acted: never retried on a channel that does not dedupe.
+        (500, False, True, "http_500"),
+        (502, False, True, "http_502"),
+        (504, False, True, "http_504"),
+        (400, False, False, "rejected_400"),
+        (404, False, False, "rejected_404"),
     ],
 )
 def test_webhook_classifies_http_answers(
-    tmp_path: Path, http_stub: HttpStub, status: int, transient: bool, reason: str
+    tmp_path: Path, http_stub: HttpStub, status: int, transient: bool, unknown: bool, reason: str
 ) -> None:
     http_stub.answer = lambda _r: (status, {"error": "nope"})
     settings = channel_settings(tmp_path, webhook_url=http_stub.url, webhook_secret=SECRET)
 
     [outcome] = adapter_for(settings, "webhook").send([message(1, "webhook")])
 
-    assert (outcome.ok, outcome.transient, outcome.reason) == (False, transient, reason)
+    assert (outcome.ok, outcome.transient, outcome.unknown, outcome.reason) == (
+        False,
+        transient,
+        unknown,
+        reason,
+    )
     assert outcome.detail and str(status) in outcome.detail and len(outcome.detail) <= 500
+    # A receiver that honours Idempotency-Key makes an ambiguous answer safe to retry.
+    deduping = channel_settings(
+        tmp_path, webhook_url=http_stub.url, webhook_secret=SECRET, webhook_dedupes=True
+    )
+    [again] = adapter_for(deduping, "webhook").send([message(1, "webhook")])
+    assert (again.transient, again.unknown) == (transient or unknown, False)
+
+
+def test_a_webhook_timeout_after_the_request_was_written_is_unknown(
+    tmp_path: Path, http_stub: HttpStub
+) -> None:
+    def slow(_request: Received) -> tuple[int, dict[str, Any]]:
+        time.sleep(0.5)
+        return 200, {"id": "late"}
+
+    http_stub.answer = slow
+    settings = channel_settings(
+        tmp_path, webhook_url=http_stub.url, webhook_secret=SECRET, channel_timeout_seconds=0.1
+    )
+
+    [outcome] = adapter_for(settings, "webhook").send([message(1, "webhook")])
+
+    assert (outcome.ok, outcome.transient, outcome.unknown, outcome.reason) == (False, False, True, "timeout")
+    assert "not retried" in (outcome.detail or "")
 
 
 def test_webhook_to_an_unreachable_port_is_transient(tmp_path: Path) -> None:
@@ -409,6 +443,25 @@ def test_email_sends_over_smtp_and_classifies_replies(
     assert mail["Subject"] == "Last day: 20 % off 🍂"
     assert mail["X-Idempotency-Key"] == "plan-00001:1"
     assert mail["Message-ID"] == outcomes[0].provider_id
+
+
+def test_an_email_address_with_a_line_break_fails_that_message_only(
+    tmp_path: Path, mail_sink: tuple[MailSink, int]
+) -> None:
+    sink, port = mail_sink
+    settings = channel_settings(tmp_path, smtp_host="127.0.0.1", smtp_port=port)
+    adapter = adapter_for(settings, "email")
+
+    outcomes = [
+        *adapter.send([message(1, "email", "eve@example.com\r\nBcc: all@example.com")]),
+        *adapter.send([message(2, "email", "ada@example.com")]),
+    ]
+
+    assert [(o.ok, o.transient, o.reason) for o in outcomes] == [
+        (False, False, "bad_message"),
+        (True, False, None),
+    ]
+    assert [recipients for recipients, _raw in sink.messages] == [["ada@example.com"]]
 
 
 def test_email_without_a_server_is_transient(tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from dispatch import sending
 from dispatch.channels import Message, Outcome
 from dispatch.control import TransitionRefused, control, flush_events, item_states, mark_opened
-from dispatch.ledger import SqlLedger
+from dispatch.ledger import Settle, Settlement, SqlLedger, Verdict
 from dispatch.plan_store import DispatchEventRow, PlanItemRow, PlanStore, migrate
 from dispatch.sending import scan_due, send_chunk
+from dispatch.suppression import suppress_from_events
 from features.event_store import EventStore
 from pushplan.caps import FrequencyCap
 from pushplan.settings import Settings
@@ -95,22 +96,34 @@ def test_a_lapsed_lease_requeues_under_a_new_claim_and_the_old_one_is_fenced_off
     assert send_chunk(store, settings, again.plan_ids, again.claim, START).counts["sent"] == 2
 
 
-def test_a_send_reserved_by_a_killed_attempt_is_sent_again_with_its_key_and_recorded_once(
+def _killed_mid_chunk(
+    store: PlanStore, settings: Settings, c, settle: Settle | None, *, deliver: bool = True
+) -> None:
+    """A worker that reserved the send, maybe called the channel and maybe settled it, then died
+    before recording anything in the plan store; its lease then lapsed."""
+    assert len(scan_due(store, settings, as_of=START)) == 1
+    with store.session() as session:
+        row = session.execute(sa.select(*sending.ROW_COLUMNS)).one()
+    pending = sending._pending(row, c, FrequencyCap.of(settings, c), settings, START)
+    ledger = SqlLedger(store)
+    assert ledger.reserve([pending.reservation]) == [Verdict.reserved]
+    if deliver:
+        adapter = sending.adapter_for(settings, pending.message.channel)
+        assert sending._call(adapter, pending.message).ok
+    if settle is not None:
+        ledger.settle([Settlement(pending.reservation, settle)])
+    _lapse(store)
+
+
+def test_a_send_in_doubt_is_called_again_only_on_a_channel_that_dedupes(
     store: PlanStore, settings: Settings
 ) -> None:
-    """The gap of the delivery guarantee: reserved (and maybe delivered), then the worker died. The
-    retry finds the reservation, calls the channel with the same key; the sandbox keeps one copy."""
+    """Reserved (and maybe delivered), then the worker died before settling. The sandbox dedupes on
+    the send id, so the retry calls it again with the same key and the outbox keeps one copy."""
     c = campaign("c1", START)
     store_campaign(store, c, send_items(c, ["a"], [START]))
     control(store, "c1", "dispatch")
-    assert len(scan_due(store, settings, as_of=START)) == 1
-    with store.session() as session:
-        row = session.scalars(sa.select(PlanItemRow)).one()
-        pending = sending._pending(row, c, FrequencyCap.of(settings, c), settings, START)
-    SqlLedger(store).reserve([pending.reservation])
-    sending._call_channels(settings, [pending.message])  # delivered, then the worker was killed
-    with store.session() as session:
-        session.execute(sa.update(PlanItemRow).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))
+    _killed_mid_chunk(store, settings, c, settle=None)
     (again,) = scan_due(store, settings, as_of=START)
     assert send_chunk(store, settings, again.plan_ids, again.claim, START).counts["sent"] == 1
     assert len(outbox(settings)) == 1
@@ -118,6 +131,40 @@ def test_a_send_reserved_by_a_killed_attempt_is_sent_again_with_its_key_and_reco
         assert (
             session.scalar(sa.select(sa.func.count()).select_from(DispatchEventRow)) == 2
         )  # sent, delivered
+
+
+def test_a_send_in_doubt_on_a_channel_that_does_not_dedupe_is_unknown_and_never_called_again(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = Scripted(["ok"] * 3)
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, ["a"], [START]))
+    control(store, "c1", "dispatch")
+    _killed_mid_chunk(store, settings, c, settle=None)
+    assert len(channel.calls) == 1
+    (again,) = scan_due(store, settings, as_of=START)
+    counts = send_chunk(store, settings, again.plan_ids, again.claim, START).counts
+    assert counts == Counter({"unknown:outcome_unknown": 1})
+    assert len(channel.calls) == 1  # not called again
+    assert states(store, "c1") == {("unknown", "outcome_unknown"): 1}
+    with store.session() as session:
+        assert session.scalar(sa.text("select status from cap_ledger")) == "unknown"  # it counts on caps
+
+
+def test_a_send_settled_before_its_worker_died_is_recorded_without_a_second_call(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = Scripted(["ok"] * 3)
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, ["a"], [START]))
+    control(store, "c1", "dispatch")
+    _killed_mid_chunk(store, settings, c, settle=Settle.sent)
+    (again,) = scan_due(store, settings, as_of=START)
+    assert send_chunk(store, settings, again.plan_ids, again.claim, START).counts == Counter({"sent": 1})
+    assert len(channel.calls) == 1
+    assert states(store, "c1") == {("sent", None): 1}
 
 
 def test_caps_bind_across_campaigns_and_say_which_cap(store: PlanStore, settings: Settings) -> None:
@@ -231,6 +278,7 @@ class Scripted:
     """A channel answering from a script per call: the stand-in for a provider's errors."""
 
     name = "webhook"
+    dedupes = False
 
     def __init__(self, answers: list[str]) -> None:
         self.answers = answers
@@ -243,7 +291,11 @@ class Scripted:
             self.calls.append(message.send_id)
             outcomes.append(
                 Outcome(
-                    message.send_id, ok=answer == "ok", transient=answer == "503", reason=f"http_{answer}"
+                    message.send_id,
+                    ok=answer == "ok",
+                    transient=answer == "503",
+                    unknown=answer == "504",
+                    reason=f"http_{answer}",
                 )
             )
         return outcomes
@@ -364,3 +416,80 @@ def test_items_lost_in_a_cancelled_campaign_are_still_settled(store: PlanStore, 
     _lapse(store)
     assert run_due(store, settings, START) == Counter({"cancelled:cancelled": 2})
     assert states(store, "c1") == {("cancelled", "cancelled"): 2}
+
+
+class Raising(Scripted):
+    """A channel whose call raises for one user's message: a bug, or data no adapter foresaw."""
+
+    def send(self, messages: list[Message]) -> list[Outcome]:
+        if messages[0].user_id == "bad":
+            raise RuntimeError("adapter bug")
+        return super().send(messages)
+
+
+def test_a_message_whose_call_raises_fails_alone_and_the_rest_of_its_chunk_goes_once(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = Raising(["ok"] * 10)
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    users = ["a", "b", "bad", "c", "d"]
+    store_campaign(store, c, send_items(c, users, [START] * 5))
+    control(store, "c1", "dispatch")
+    assert run_due(store, settings, START) == Counter({"sent": 4, "failed:error": 1})
+    assert sorted(channel.calls) == sorted(p for p, u in _plan_ids(store).items() if u != "bad")
+    assert run_due(store, settings, START) == Counter()  # nothing left to send again
+    with store.session() as session:
+        failed = session.execute(
+            sa.select(PlanItemRow.attempts, PlanItemRow.detail).where(PlanItemRow.user_id == "bad")
+        ).one()
+    assert failed.attempts == 1 and "RuntimeError: adapter bug" in failed.detail
+
+
+def _plan_ids(store: PlanStore) -> dict[str, str]:
+    with store.session() as session:
+        return dict(session.execute(sa.select(PlanItemRow.plan_id, PlanItemRow.user_id)).all())
+
+
+def test_an_opt_out_after_planning_suppresses_the_send_and_an_opt_in_lifts_it(
+    store: PlanStore, settings: Settings
+) -> None:
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b", "c"], [START] * 3))
+    control(store, "c1", "dispatch")
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "b", "c"],
+            "event_type": ["opt_out", "unsubscribed", "opt_in", "opt_out"],
+            "timestamp": [START - timedelta(hours=h) for h in (3, 3, 1, 2)],
+            "channel": [None, "sandbox", None, "sms"],  # c opted out of SMS only
+        }
+    )
+    assert suppress_from_events(settings, events) == 4
+    assert run_due(store, settings, START) == Counter({"sent": 2, "suppressed:opted_out": 1})
+    assert states(store, "c1") == {("sent", None): 2, ("suppressed", "opted_out"): 1}
+    assert {m["user_id"] for m in outbox(settings)} == {"b", "c"}
+
+
+def test_pause_and_cancel_land_within_the_recheck_interval_of_a_running_step(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step re-reads its campaign every `dispatch_recheck_every` messages: a cancel that lands
+    mid-chunk stops it at the next check."""
+    settings = settings.model_copy(update={"dispatch_recheck_every": 5, "cap_min_gap_minutes": 0})
+    channel = Scripted(["ok"] * 50)
+    calls = channel.send
+
+    def cancel_after_the_seventh(messages: list[Message]) -> list[Outcome]:
+        if len(channel.calls) == 7:
+            control(store, "c1", "cancel")
+        return calls(messages)
+
+    channel.send = cancel_after_the_seventh  # type: ignore[method-assign]
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, [f"u{i:02d}" for i in range(30)], [START] * 30))
+    control(store, "c1", "dispatch")
+    counts = run_due(store, settings, START)
+    assert len(channel.calls) == 10  # the cancel came during call 8; the check before call 11 saw it
+    assert counts == Counter({"sent": 10, "cancelled:cancelled": 20})
