@@ -1,5 +1,5 @@
-"""Benchmark of dispatch (issue 6): end-to-end sends per second through Celery and Redis, caps checked,
-the sandbox channel, against Celery running no-op tasks with the same chunking.
+"""Benchmark of dispatch (issues 6 and 14): end-to-end sends per second through Celery and Redis,
+caps checked, the sandbox channel, against Celery running no-op tasks with the same chunking.
 
     python -m benchmarks.dispatch [--items 100000 --users 50000 --chunk 500 --concurrency 2]
                                   [--also-chunk 100 --also-items 100000] [--scan-seconds 0.5]
@@ -471,17 +471,13 @@ def check_round(deployment: Deployment, round_: Round) -> dict[str, Any]:
 # Where send_chunk's time goes: (what, file, function); cumulative times, so the parts overlap.
 PROFILE_PARTS = [
     ("send_chunk", "dispatch/sending.py", "send_chunk"),
-    ("ledger: one Lua script per send, one pipeline per chunk", "dispatch/ledger.py", "reserve"),
+    ("ledger: one Lua script per send (settles the call before)", "dispatch/ledger.py", "reserve"),
     ("  of which local day bounds (ZoneInfo) per send", "dispatch/ledger.py", "local_day_bounds"),
-    ("sandbox channel: flock, JSON lines, one write", "dispatch/channels.py", "send"),
+    ("sandbox channel: flock, a JSON line, one write per send", "dispatch/channels.py", "send"),
     ("reservations and messages built per send (_pending)", "dispatch/sending.py", "_pending"),
     ("campaign specs parsed (pydantic)", "pydantic/main.py", "model_validate"),
-    ("SQLAlchemy ORM: rows loaded (2 SELECT ... FOR UPDATE)", "sqlalchemy/orm/loading.py", "chunks"),
-    (
-        "SQLAlchemy ORM: flush at commit (UPDATE per row, event INSERTs)",
-        "sqlalchemy/orm/session.py",
-        "_flush",
-    ),
+    ("campaign states re-read (every 20 sends)", "dispatch/sending.py", "_campaign_states"),
+    ("outcomes written (UPDATE per outcome, events by unnest)", "dispatch/sending.py", "write"),
     ("psycopg: waiting on PostgreSQL", "psycopg/connection.py", "wait"),
 ]
 
@@ -752,11 +748,17 @@ def print_targets(figures: list[RoundFigures]) -> None:
         return
     main = figures[0]
     sends_rate = main.sent / main.dispatch.seconds
-    ratio = (main.items / main.dispatch.seconds) / (main.items / main.noop_seconds)
     print(f"target >= 2,000 sends/s: {sends_rate:,.0f} sends/s, {'met' if sends_rate >= 2000 else 'missed'}")
+    # Celery's own cost of a task: phase A's time per task per pool process (enqueue, delivery, ack,
+    # pool hand-off: all but the work), against a send chunk's median run time.
+    tasks = max(len(main.noop_task_seconds), 1)
+    celery_per_task = main.noop_seconds * main.concurrency / tasks
+    chunk_seconds = statistics.median(main.send_task_seconds)
+    share = celery_per_task / chunk_seconds
     print(
-        f"target >= 0.5x no-op (items/s, chunk {main.chunk}): {ratio:.3f}x, "
-        f"{'met' if ratio >= 0.5 else 'missed'}"
+        f"target Celery overhead <= 5% of a send chunk's time (chunk {main.chunk}): "
+        f"{celery_per_task * 1000:.1f} ms a task against {chunk_seconds * 1000:.0f} ms "
+        f"a chunk = {share:.1%}, {'met' if share <= 0.05 else 'missed'}"
     )
 
 

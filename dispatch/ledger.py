@@ -146,7 +146,29 @@ def local_day_bounds(at: datetime, zone: str) -> tuple[datetime, datetime]:
 # set), the user's suppression list (hash: channel or "*" -> "<epoch seconds> <1 opted out|0 in>").
 # Epoch seconds are floats; bounds follow admits: the gap is |t - at| < gap, a day is [start, end), a
 # week window is (end - 7 days, end].
-RESERVE_LUA = """
+# Settling one send: `sent` and `unknown` keep its reservation, `release` forgets it.
+SETTLE_FUNCTION = """
+local function settle(user_key, send_key, campaign_key, send_id, outcome)
+  local known = redis.call('GET', send_key)
+  if not known then return 0 end
+  local member = string.match(known, '^%a+ (.*)$')
+  if outcome == 'release' then
+    redis.call('ZREM', user_key, member)
+    redis.call('DEL', send_key)
+    redis.call('SREM', campaign_key, send_id)
+  else
+    redis.call('SET', send_key, outcome .. ' ' .. member, 'KEEPTTL')
+  end
+  return 1
+end
+"""
+
+# KEYS[5..7] and ARGV[12..13], when given: a previous send's keys, its id and outcome, settled first,
+# so one call per send makes the last call's outcome durable before the next call starts.
+RESERVE_LUA = (
+    SETTLE_FUNCTION
+    + """
+if #KEYS > 4 then settle(KEYS[5], KEYS[6], KEYS[7], ARGV[12], ARGV[13]) end
 local user_key, send_key, campaign_key, optout_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local send_id, channel = ARGV[1], ARGV[2]
 local at, day_start, day_end = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -210,21 +232,10 @@ if total >= 0 then  -- only a campaign with a total needs its sends counted
 end
 return 'reserved'
 """
+)
 
 # KEYS: as RESERVE_LUA's first three; ARGV: the send id, and sent | unknown | release.
-SETTLE_LUA = """
-local known = redis.call('GET', KEYS[2])
-if not known then return 0 end
-local member = string.match(known, '^%a+ (.*)$')
-if ARGV[2] == 'release' then
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('DEL', KEYS[2])
-  redis.call('SREM', KEYS[3], ARGV[1])
-else
-  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. member, 'KEEPTTL')
-end
-return 1
-"""
+SETTLE_LUA = SETTLE_FUNCTION + "return settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])"
 
 # KEYS: the user's suppression list; ARGV: the channel (or "*"), epoch seconds, 1 opted out | 0 in.
 SUPPRESS_LUA = """
@@ -258,6 +269,7 @@ class RedisLedger:
 
         self.client = redis.Redis.from_url(redis_url)
         self.prefix = prefix
+        self.ttl = int(self.RETENTION.total_seconds())
         self._reserve = self.client.register_script(RESERVE_LUA)
         self._settle = self.client.register_script(SETTLE_LUA)
         self._suppress = self.client.register_script(SUPPRESS_LUA)
@@ -273,31 +285,36 @@ class RedisLedger:
         return f"{self.prefix}:optout:{user_id}"
 
     def reserve(self, requests: Sequence[Reservation], settle: Sequence[Settlement] = ()) -> list[Verdict]:
+        if len(requests) == 1 and len(settle) <= 1:
+            # The send step's case: one script call, the settlement riding in it (no pipeline).
+            keys, args = self._reserve_call(requests[0])
+            if settle:
+                keys += self._keys(settle[0].request)
+                args += [settle[0].request.send_id, settle[0].outcome.value]
+            return [_verdict(self._reserve(keys=keys, args=args))]
         pipe = self.client.pipeline(transaction=False)
         self._settle_into(pipe, settle)
-        ttl = int(self.RETENTION.total_seconds())
         for request in requests:
-            start, end = local_day_bounds(request.at, request.zone)
-            cap = request.cap
-            self._reserve(
-                keys=[*self._keys(request), self._optout_key(request.user_id)],
-                args=[
-                    request.send_id,
-                    request.channel,
-                    request.at.timestamp(),
-                    start.timestamp(),
-                    end.timestamp(),
-                    cap.per_channel_day,
-                    cap.per_channel_week,
-                    cap.per_user_day,
-                    cap.min_gap.total_seconds(),
-                    -1 if cap.campaign_total is None else cap.campaign_total,
-                    ttl,
-                ],
-                client=pipe,
-            )
-        answers = pipe.execute()[len(settle) :]
-        return [Verdict(v.decode() if isinstance(v, bytes) else v) for v in answers]
+            keys, args = self._reserve_call(request)
+            self._reserve(keys=keys, args=args, client=pipe)
+        return [_verdict(v) for v in pipe.execute()[len(settle) :]]
+
+    def _reserve_call(self, request: Reservation) -> tuple[list[str], list[Any]]:
+        start, end = local_day_bounds(request.at, request.zone)
+        cap = request.cap
+        return [*self._keys(request), self._optout_key(request.user_id)], [
+            request.send_id,
+            request.channel,
+            request.at.timestamp(),
+            start.timestamp(),
+            end.timestamp(),
+            cap.per_channel_day,
+            cap.per_channel_week,
+            cap.per_user_day,
+            cap.min_gap.total_seconds(),
+            -1 if cap.campaign_total is None else cap.campaign_total,
+            self.ttl,
+        ]
 
     def _settle_into(self, pipe: Any, settlements: Sequence[Settlement]) -> None:
         for settlement in settlements:
@@ -325,6 +342,10 @@ class RedisLedger:
                 client=pipe,
             )
         pipe.execute()
+
+
+def _verdict(answer: bytes | str) -> Verdict:
+    return Verdict(answer.decode() if isinstance(answer, bytes) else answer)
 
 
 class SqlLedger:

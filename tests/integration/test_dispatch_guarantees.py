@@ -17,15 +17,20 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email import policy as email_policy
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from aiosmtpd.controller import Controller
 
 from dispatch.control import control
 from dispatch.plan_store import PlanItemRow
 from pushplan.settings import Profile
+from pushplan.tour import free_port
 from tests.dispatch_processes import Deployment, deployed
 from tests.dispatch_setup import campaign, send_items, store_campaign
 from tests.receiver import CountingReceiver
@@ -187,3 +192,49 @@ def test_cancel_mid_run_stops_within_the_recheck_bound(profile: Profile, tmp_pat
     assert after <= bound, (after, bound)
     assert states["cancelled"] >= 1_500 - at_cancel - bound
     assert states["sent"] == receiver.total() and receiver.duplicates() == 0
+
+
+class CountingMailbox:
+    """An SMTP server's handler that counts every message it accepts per send id and never dedupes."""
+
+    def __init__(self) -> None:
+        self.deliveries: Counter[str] = Counter()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        mail = message_from_bytes(envelope.content, policy=email_policy.default)
+        self.deliveries[str(mail["X-Idempotency-Key"])] += 1
+        return "250 Message accepted"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_one_message_whose_channel_call_raises_fails_alone_and_its_chunk_goes_once(
+    profile: Profile, tmp_path: Path
+) -> None:
+    """An address with a line break makes the email library raise for that one message (the bug
+    that once stopped a whole chunk for ever): it fails, and the other 59 of its chunk go once."""
+    mailbox, port = CountingMailbox(), free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        with deployed(
+            profile, tmp_path / "data", smtp_port=str(port), channel_rate_per_second="{}"
+        ) as deployment:
+            users = [f"mail-u{i:02d}" for i in range(60)]
+            emails = [f"{u}@example.com" for u in users]
+            emails[17] = "eve@example.com\r\nBcc: everyone@example.com"
+            deployment.settings.users_path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"user_id": users, "email": emails}).to_parquet(deployment.settings.users_path)
+            now = datetime.now(UTC)
+            c = campaign("mail", now - timedelta(hours=1), channels=["email"])
+            store_campaign(deployment.store, c, send_items(c, users, [now - timedelta(seconds=1)] * 60))
+            control(deployment.store, "mail", "dispatch")
+            deployment.start("beat", "--loglevel", "warning")
+            deployment.start(*WORKER)
+            deployment.wait_until(deployment.all_final, "every send final")
+            frame = items(deployment).set_index("user_id")
+    finally:
+        controller.stop()
+    assert frame.loc[users[17], "state"] == "failed"
+    others = frame.drop(index=users[17])
+    assert set(others["state"]) == {"sent"}
+    assert mailbox.deliveries == Counter({plan_id: 1 for plan_id in others["plan_id"]})

@@ -133,38 +133,38 @@ def test_a_send_in_doubt_is_called_again_only_on_a_channel_that_dedupes(
         )  # sent, delivered
 
 
-def test_a_send_in_doubt_on_a_channel_that_does_not_dedupe_is_unknown_and_never_called_again(
-    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("settled", "state", "reason", "ledger_status"),
+    [
+        # Killed during the call: in doubt, and the webhook does not dedupe: never called again.
+        (None, "unknown", "outcome_unknown", "unknown"),
+        # Killed after settling the call, before the record: recorded as the ledger says.
+        (Settle.sent, "sent", None, "sent"),
+    ],
+)
+def test_a_send_a_killed_worker_called_on_a_channel_that_does_not_dedupe_is_never_called_again(
+    store: PlanStore,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    settled: Settle | None,
+    state: str,
+    reason: str | None,
+    ledger_status: str,
 ) -> None:
     channel = Scripted(["ok"] * 3)
     monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
     c = campaign("c1", START, channels=["webhook"])
     store_campaign(store, c, send_items(c, ["a"], [START]))
     control(store, "c1", "dispatch")
-    _killed_mid_chunk(store, settings, c, settle=None)
+    _killed_mid_chunk(store, settings, c, settle=settled)
     assert len(channel.calls) == 1
     (again,) = scan_due(store, settings, as_of=START)
     counts = send_chunk(store, settings, again.plan_ids, again.claim, START).counts
-    assert counts == Counter({"unknown:outcome_unknown": 1})
+    assert counts == Counter({f"{state}:{reason}" if reason else state: 1})
     assert len(channel.calls) == 1  # not called again
-    assert states(store, "c1") == {("unknown", "outcome_unknown"): 1}
-    with store.session() as session:
-        assert session.scalar(sa.text("select status from cap_ledger")) == "unknown"  # it counts on caps
-
-
-def test_a_send_settled_before_its_worker_died_is_recorded_without_a_second_call(
-    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    channel = Scripted(["ok"] * 3)
-    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
-    c = campaign("c1", START, channels=["webhook"])
-    store_campaign(store, c, send_items(c, ["a"], [START]))
-    control(store, "c1", "dispatch")
-    _killed_mid_chunk(store, settings, c, settle=Settle.sent)
-    (again,) = scan_due(store, settings, as_of=START)
-    assert send_chunk(store, settings, again.plan_ids, again.claim, START).counts == Counter({"sent": 1})
-    assert len(channel.calls) == 1
-    assert states(store, "c1") == {("sent", None): 1}
+    assert states(store, "c1") == {(state, reason): 1}
+    with store.session() as session:  # either way it counts against later caps
+        assert session.scalar(sa.text("select status from cap_ledger")) == ledger_status
 
 
 def test_caps_bind_across_campaigns_and_say_which_cap(store: PlanStore, settings: Settings) -> None:
