@@ -324,7 +324,13 @@ def send_chunk(
         else:
             step.pending.append(_pending(row, campaign, caps[row.campaign_id], settings, at))
             step.lease_until = min(step.lease_until, _aware(row.lease_until))
-    step.send_pending()
+    try:
+        step.send_pending()
+    except Exception:
+        # The ledger or the database failed mid-chunk (Redis down, say): record the calls already made,
+        # so they are not left to a retry; the rest stays queued and is handed out once the lease lapses.
+        step.write()
+        raise
     return step.write()
 
 

@@ -493,3 +493,32 @@ def test_pause_and_cancel_land_within_the_recheck_interval_of_a_running_step(
     counts = run_due(store, settings, START)
     assert len(channel.calls) == 10  # the cancel came during call 8; the check before call 11 saw it
     assert counts == Counter({"sent": 10, "cancelled:cancelled": 20})
+
+
+class FailingLedger(SqlLedger):
+    """The ledger's store goes away after `ok` reservations (Redis stopped, say)."""
+
+    def __init__(self, store: PlanStore, ok: int) -> None:
+        super().__init__(store)
+        self.ok = ok
+
+    def reserve(self, requests, settle=()):  # type: ignore[no-untyped-def]
+        if self.ok == 0:
+            raise ConnectionError("ledger unreachable")
+        self.ok -= 1
+        return super().reserve(requests, settle)
+
+
+def test_a_ledger_lost_mid_chunk_records_the_calls_made_and_leaves_the_rest_queued(
+    store: PlanStore, settings: Settings
+) -> None:
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "b", "c", "d"], [START] * 4))
+    control(store, "c1", "dispatch")
+    (chunk,) = scan_due(store, settings, as_of=START)
+    with pytest.raises(ConnectionError):
+        send_chunk(store, settings, chunk.plan_ids, chunk.claim, START, ledger=FailingLedger(store, ok=2))
+    assert states(store, "c1") == {("sent", None): 2, ("queued", None): 2}
+    _lapse(store)
+    assert run_due(store, settings, START) == Counter({"sent": 2})
+    assert len(outbox(settings)) == 4
