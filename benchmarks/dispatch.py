@@ -172,7 +172,7 @@ def cpu_line(what: str, used: dict[str, Any], items: int) -> str:
 @dataclass
 class Deployment:
     settings: Settings
-    store: Any  # dispatch.plan_store.PlanStore
+    store: Any  # pushplan.db.store.PlanStore
     redis: Any  # redis.Redis on the benchmark's redis-server
     worker_log: Path
 
@@ -181,7 +181,7 @@ class Deployment:
         query) 1 if any else 0."""
         import sqlalchemy as sa
 
-        from dispatch.plan_store import PlanItemRow
+        from pushplan.db.schema import PlanItemRow
 
         where = (PlanItemRow.campaign_id.in_(campaign_ids), PlanItemRow.state.in_(UNFINISHED))
         with self.store.session() as session:
@@ -420,7 +420,7 @@ def check_round(deployment: Deployment, round_: Round) -> dict[str, Any]:
     """What the round left: states and reasons, outbox lines and keys, events; and whether that is right."""
     import sqlalchemy as sa
 
-    from dispatch.plan_store import DispatchEventRow, PlanItemRow
+    from pushplan.db.schema import DispatchEventRow, PlanItemRow
 
     mine = set(round_.campaign_ids)
     with deployment.store.session() as session:
@@ -636,7 +636,8 @@ def deployed(args: argparse.Namespace, server: RedisServer, data_dir: Path) -> I
         }
         with environment(values):
             from dispatch.celery_app import app, celery_config
-            from dispatch.plan_store import PlanStore, migrate
+            from pushplan.db.engine import migrate
+            from pushplan.db.store import PlanStore
             from pushplan.settings import get_settings
 
             settings = get_settings()
@@ -706,7 +707,7 @@ def run(args: argparse.Namespace) -> list[RoundFigures]:
     Each round has a database and a worker of its own (one Redis for all, the rounds' keys apart), so
     that a round's figures do not depend on the rows an earlier round left.
     """
-    from pushplan.services import reachable
+    from pushplan.reachability import reachable
 
     if not reachable(args.database_url):
         print(f"dispatch benchmark: skipped, PostgreSQL not reachable at {args.database_url}")

@@ -74,7 +74,7 @@ def feature_store_figures(root: Path, users: int, days: int, redis_url: str) -> 
 
     from features.store import apply, feature_store, materialize
     from features.tables import build_feature_tables
-    from pushplan.services import reachable
+    from pushplan.reachability import reachable
     from pushplan.settings import Profile
 
     sim = root / "feature-sim"

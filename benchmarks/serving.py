@@ -261,7 +261,8 @@ def paced(port: int, key: str, bodies: list[bytes], rate: float) -> tuple[np.nda
 
 def service_figures(root: Path, args: argparse.Namespace) -> Any:
     """Section 1; returns what section 2 reuses (the production settings with champions)."""
-    from dispatch.plan_store import PlanStore, migrate
+    from pushplan.db.engine import migrate
+    from pushplan.db.store import PlanStore
     from serving.keys import Role, create_key
 
     settings = args.production
@@ -333,9 +334,9 @@ def floor_figures(
     """
     from features.store import read_stored, service_features, stored_refs
     from serving.audience import audience_refs
-    from serving.models import ModelSet
+    from serving.scoring import ModelSet
     from training.evaluation import with_variant
-    from training.pipeline import predict
+    from training.inference import predict
     from training.specs import CLICK, SEND_HOUR, VARIANT
 
     models = ModelSet.load(settings)
@@ -415,8 +416,8 @@ def plan_step(spec: dict[str, Any]) -> None:
     warnings.simplefilter("ignore")
     from features.store import feature_store
     from serving.audience import build_audience
-    from serving.models import ModelSet
     from serving.planner import plan
+    from serving.scoring import ModelSet
 
     settings = Settings(data_dir=Path(spec["data_dir"]))
     models = ModelSet.load(Settings(**spec["models"]))
@@ -450,8 +451,8 @@ def plan_step(spec: dict[str, Any]) -> None:
 
 def offline_figures(root: Path, args: argparse.Namespace, production_settings: Settings) -> None:
     from serving.audience import build_audience
-    from serving.models import ModelSet
     from serving.planner import plan
+    from serving.scoring import ModelSet
 
     big = Settings(data_dir=root / "audience")
     started = time.perf_counter()
@@ -551,7 +552,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Both sections, on services of their own (a database and Feast projects removed afterwards)."""
-    from pushplan.services import reachable
+    from pushplan.reachability import reachable
 
     down = [url for url in (args.redis_url, args.database_url) if not reachable(url)]
     if down:

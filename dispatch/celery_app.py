@@ -1,6 +1,6 @@
-"""The Celery app: configured from settings when first used, never at import (STYLE.md, "Celery").
+"""The Celery app: configured from settings when first used, never at import.
 
-Broker by profile (DESIGN.md, "Profiles"): Redis in `production`; in `local`, kombu's filesystem
+Broker by profile (README.md, "Profiles"): Redis in `production`; in `local`, kombu's filesystem
 transport under `<data_dir>/broker`, which needs no server yet runs a real worker process. Messages
 are JSON only and carry ids, never objects; results are not kept (state lives in the plan store).
 Send and plan tasks are idempotent, so they are acknowledged late and requeued if their worker is
@@ -14,8 +14,6 @@ from typing import Any
 from celery import Celery
 
 from pushplan.settings import Profile, Settings, get_settings
-
-QUEUES = ("scans", "sends", "plans")
 
 app = Celery("pushplan")
 
@@ -64,14 +62,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "dispatch.tasks.due_scan_task": {"queue": "scans"},
             "dispatch.tasks.flush_events_task": {"queue": "scans"},
             "dispatch.tasks.send_chunk_task": {"queue": "sends"},
-            "dispatch.tasks.plan_partition_task": {"queue": "plans"},
+            "serving.tasks.plan_partition_task": {"queue": "plans"},
         },
         "beat_schedule": {
             "due-scan": {"task": "dispatch.tasks.due_scan_task", "schedule": settings.dispatch_scan_seconds},
             "flush-events": {"task": "dispatch.tasks.flush_events_task", "schedule": 10.0},
         },
         "beat_schedule_filename": str((settings.data_dir / "celerybeat-schedule").resolve()),
-        "imports": ["dispatch.tasks"],
+        # One app; each package's tasks module registers on it (Saleor's pattern). Named, not imported:
+        # serving sits above dispatch.
+        "imports": ["dispatch.tasks", "serving.tasks"],
     }
 
 

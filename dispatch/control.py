@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from dispatch.plan_store import CampaignRow, DispatchEventRow, PlanItemRow, PlanStore
-from dispatch.sending import DispatchState
-from pushplan.domain import Decision, EventType, ItemState, Reason
+from pushplan.db.schema import CampaignRow, DispatchEventRow, PlanItemRow
+from pushplan.db.store import PlanStore
+from pushplan.domain import Decision, DispatchState, EventType, ItemState, NoSuchCampaign, Reason
 from pushplan.settings import Settings
 
 # action → (states it may start from, state it leads to)
@@ -25,10 +25,6 @@ TRANSITIONS: dict[str, tuple[set[DispatchState], DispatchState]] = {
     "resume": ({DispatchState.paused, DispatchState.running}, DispatchState.running),
     "cancel": (set(DispatchState), DispatchState.cancelled),
 }
-
-
-class NoSuchCampaign(LookupError):
-    pass
 
 
 class TransitionRefused(ValueError):

@@ -33,8 +33,9 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import sqlalchemy as sa
 
-from dispatch.plan_store import CapLedgerRow, PlanStore, SuppressionRow
 from pushplan.caps import WEEK, FrequencyCap
+from pushplan.db.schema import CapLedgerRow, SuppressionRow
+from pushplan.db.store import PlanStore
 from pushplan.settings import Profile, Settings, per_settings
 
 
@@ -113,7 +114,11 @@ class CapLedger(Protocol):
         ...
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        """Record what these sends' calls came to (see `Settle`)."""
+        """Record what these sends' calls came to (see `Settle`); only a `reserved` send is settled."""
+        ...
+
+    def outcomes(self, send_ids: Sequence[str]) -> dict[str, Verdict]:
+        """What the ledger holds of these sends, for those it knows: `sent`, `unknown` or `in_doubt`."""
         ...
 
     def suppress(self, changes: Sequence[OptChange]) -> None:
@@ -151,7 +156,8 @@ SETTLE_FUNCTION = """
 local function settle(user_key, send_key, campaign_key, send_id, outcome)
   local known = redis.call('GET', send_key)
   if not known then return 0 end
-  local member = string.match(known, '^%a+ (.*)$')
+  local status, member = string.match(known, '^(%a+) (.*)$')
+  if status ~= 'reserved' then return 0 end  -- an outcome, once known, is never overwritten
   if outcome == 'release' then
     redis.call('ZREM', user_key, member)
     redis.call('DEL', send_key)
@@ -176,14 +182,10 @@ local per_channel_day, per_channel_week = tonumber(ARGV[6]), tonumber(ARGV[7])
 local per_user_day, gap = tonumber(ARGV[8]), tonumber(ARGV[9])
 local total, ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
 local week = 604800
-local known = redis.call('GET', send_key)
-if known then
-  local status = string.match(known, '^(%a+) ')
-  if status == 'reserved' then return 'in_doubt' end
-  return status
-end
+-- Numbers as bounds keep all their digits (a Lua number turned into a string keeps only 14).
+local function bound(x, open) return string.format(open and '(%.17g' or '%.17g', x) end
 -- The latest of the channel's and the all-channels' entries decides; at a tie, the opt-out.
-local latest, out = -1, false
+local latest, out = -math.huge, false
 for _, field in ipairs({channel, '*'}) do
   local entry = redis.call('HGET', optout_key, field)
   if entry then
@@ -192,14 +194,25 @@ for _, field in ipairs({channel, '*'}) do
     if t > latest or (t == latest and flag == '1') then latest, out = t, flag == '1' end
   end
 end
+local known = redis.call('GET', send_key)
+if known then
+  local status, member = string.match(known, '^(%a+) (.*)$')
+  if status ~= 'reserved' then return status end
+  -- In doubt, and the user has opted out since: it may have gone before; it must not go again.
+  if out then
+    redis.call('SET', send_key, 'unknown ' .. member, 'KEEPTTL')
+    return 'unknown'
+  end
+  return 'in_doubt'
+end
 if out then return 'opted_out' end
 -- What no cap can need any more (older than the retention before this send) goes, so a user's set
 -- holds at most the retention's sends however long they stay.
-redis.call('ZREMRANGEBYSCORE', user_key, '-inf', '(' .. (at - ttl))
-if gap > 0 and redis.call('ZCOUNT', user_key, '(' .. (at - gap), '(' .. (at + gap)) > 0 then
+redis.call('ZREMRANGEBYSCORE', user_key, '-inf', bound(at - ttl, true))
+if gap > 0 and redis.call('ZCOUNT', user_key, bound(at - gap, true), bound(at + gap, true)) > 0 then
   return 'min_gap'
 end
-local day = redis.call('ZRANGEBYSCORE', user_key, day_start, '(' .. day_end)
+local day = redis.call('ZRANGEBYSCORE', user_key, bound(day_start), bound(day_end, true))
 if #day + 1 > per_user_day then return 'per_user_day' end
 local suffix = '|' .. channel
 local on_channel = 0
@@ -207,7 +220,8 @@ for _, member in ipairs(day) do
   if string.sub(member, -#suffix) == suffix then on_channel = on_channel + 1 end
 end
 if on_channel + 1 > per_channel_day then return 'per_channel_day' end
-local near = redis.call('ZRANGEBYSCORE', user_key, '(' .. (at - week), '(' .. (at + week), 'WITHSCORES')
+local near = redis.call(
+  'ZRANGEBYSCORE', user_key, bound(at - week, true), bound(at + week, true), 'WITHSCORES')
 local times = {at}
 for i = 1, #near, 2 do
   if string.sub(near[i], -#suffix) == suffix then table.insert(times, tonumber(near[i + 1])) end
@@ -223,7 +237,7 @@ for _, window_end in ipairs(times) do
   end
 end
 if total >= 0 and redis.call('SCARD', campaign_key) + 1 > total then return 'campaign_total' end
-redis.call('ZADD', user_key, at, send_id .. suffix)
+redis.call('ZADD', user_key, string.format('%.17g', at), send_id .. suffix)
 redis.call('EXPIRE', user_key, ttl)
 redis.call('SET', send_key, 'reserved ' .. send_id .. suffix, 'EX', ttl)
 if total >= 0 then  -- only a campaign with a total needs its sends counted
@@ -333,6 +347,16 @@ class RedisLedger:
     def release(self, requests: Sequence[Reservation]) -> None:
         self.settle([Settlement(r, Settle.release) for r in requests])
 
+    def outcomes(self, send_ids: Sequence[str]) -> dict[str, Verdict]:
+        if not send_ids:
+            return {}
+        values = self.client.mget([f"{self.prefix}:caps:send:{send_id}" for send_id in send_ids])
+        return {
+            send_id: _known((value.decode() if isinstance(value, bytes) else str(value)).split(" ", 1)[0])
+            for send_id, value in zip(send_ids, values, strict=True)
+            if value is not None
+        }
+
     def suppress(self, changes: Sequence[OptChange]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for change in changes:
@@ -346,6 +370,11 @@ class RedisLedger:
 
 def _verdict(answer: bytes | str) -> Verdict:
     return Verdict(answer.decode() if isinstance(answer, bytes) else answer)
+
+
+def _known(status: str) -> Verdict:
+    """A send the ledger holds: a settled outcome, or `in_doubt` while only reserved."""
+    return Verdict.in_doubt if status == RESERVED else Verdict(status)
 
 
 class SqlLedger:
@@ -371,8 +400,8 @@ class SqlLedger:
             )
             users = {r.user_id for r in requests}
             opted = _opted_out(session, users)
-            earliest = min(r.at for r in requests) - WEEK
-            latest = max(r.at for r in requests) + WEEK
+            earliest = (min(_utc(r.at) for r in requests) - WEEK).to_pydatetime()
+            latest = (max(_utc(r.at) for r in requests) + WEEK).to_pydatetime()
             held: dict[str, list[tuple[pd.Timestamp, str]]] = {}
             for user, at, channel in session.execute(
                 sa.select(CapLedgerRow.user_id, CapLedgerRow.at, CapLedgerRow.channel).where(
@@ -391,10 +420,15 @@ class SqlLedger:
             )
             for request in requests:
                 status = known.get(request.send_id)
+                out = opted(request.user_id, request.channel)
+                if status == RESERVED and out:
+                    # In doubt, and the user has opted out since: it may have gone; it must not go again.
+                    _settle(session, [Settlement(request, Settle.unknown)])
+                    known[request.send_id] = status = Settle.unknown.value
                 if status is not None:
-                    verdicts.append(Verdict.in_doubt if status == RESERVED else Verdict(status))
+                    verdicts.append(_known(status))
                     continue
-                if opted(request.user_id, request.channel):
+                if out:
                     verdicts.append(Verdict.opted_out)
                     continue
                 at = _utc(request.at)
@@ -433,6 +467,15 @@ class SqlLedger:
     def release(self, requests: Sequence[Reservation]) -> None:
         self.settle([Settlement(r, Settle.release) for r in requests])
 
+    def outcomes(self, send_ids: Sequence[str]) -> dict[str, Verdict]:
+        if not send_ids:
+            return {}
+        with self.store.session() as session:
+            rows = session.execute(
+                sa.select(CapLedgerRow.send_id, CapLedgerRow.status).where(CapLedgerRow.send_id.in_(send_ids))
+            ).all()
+        return {send_id: _known(status) for send_id, status in rows}
+
     def suppress(self, changes: Sequence[OptChange]) -> None:
         if not changes:
             return
@@ -455,14 +498,18 @@ RESERVED = "reserved"
 
 
 def _settle(session: Any, settlements: Sequence[Settlement]) -> None:
+    """Only a `reserved` send is settled: an outcome, once known, is never overwritten."""
+    reserved = CapLedgerRow.status == RESERVED
     released = [s.request.send_id for s in settlements if s.outcome is Settle.release]
     if released:
-        session.execute(sa.delete(CapLedgerRow).where(CapLedgerRow.send_id.in_(released)))
+        session.execute(sa.delete(CapLedgerRow).where(CapLedgerRow.send_id.in_(released), reserved))
     for outcome in (Settle.sent, Settle.unknown):
         ids = [s.request.send_id for s in settlements if s.outcome is outcome]
         if ids:
             session.execute(
-                sa.update(CapLedgerRow).where(CapLedgerRow.send_id.in_(ids)).values(status=outcome.value)
+                sa.update(CapLedgerRow)
+                .where(CapLedgerRow.send_id.in_(ids), reserved)
+                .values(status=outcome.value)
             )
 
 

@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from rich.progress import Progress
 
-from dispatch.plan_store import PlanItemRow, PlanStore
 from dispatch.sending import scan_due
+from pushplan.db.schema import PlanItemRow
+from pushplan.db.store import PlanStore
 from pushplan.domain import Campaign, ItemState
 from pushplan.settings import Settings
 

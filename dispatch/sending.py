@@ -1,8 +1,8 @@
 """Dispatch's logic without Celery: the due-scan that hands plan items to tasks, and the send step.
 
-Plain functions, tested without a broker; `dispatch.tasks` only wraps them (STYLE.md, "Celery").
+Plain functions, tested without a broker; `dispatch.tasks` only wraps them (thin tasks on ids).
 
-The life of a send (DESIGN.md, "Dispatch rules"):
+The life of a send (docs/dispatch.md, "The life of a send"):
 1. `scan_due` (Celery beat, every `dispatch_scan_seconds`) moves due `planned` items of running
    campaigns to `queued` in chunks, each with a fresh claim token and a lease, and returns the chunks
    to enqueue. It also re-queues items whose lease lapsed (their worker died or the broker lost the
@@ -33,7 +33,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -45,22 +44,12 @@ from sqlalchemy.dialects import postgresql
 
 from dispatch.channels import ChannelAdapter, Message, Outcome, adapter_for
 from dispatch.ledger import CapLedger, Reservation, Settle, Settlement, Verdict, ledger_for
-from dispatch.plan_store import CampaignRow, DispatchEventRow, PlanItemRow, PlanStore
 from pushplan.caps import FrequencyCap
-from pushplan.domain import Campaign, Decision, EventType, ItemState, Reason
+from pushplan.db.schema import CampaignRow, DispatchEventRow, PlanItemRow
+from pushplan.db.store import PlanStore
+from pushplan.domain import Campaign, Decision, DispatchState, EventType, ItemState, Reason
 from pushplan.settings import Settings
-from serving.planner import QuietHours
-
-
-class DispatchState(StrEnum):
-    """A campaign's sending: `idle` until started, then `running`; `paused` holds its sends back, and
-    `cancelled` is final (its unsent items become `cancelled`)."""
-
-    idle = "idle"
-    running = "running"
-    paused = "paused"
-    cancelled = "cancelled"
-
+from pushplan.windows import QuietHours
 
 T = TypeVar("T")
 
@@ -285,7 +274,6 @@ def send_chunk(
     ledger = ledger or ledger_for(settings)
     now = datetime.now(UTC)
     at = as_of or now
-    quiet = QuietHours(settings.quiet_start_hour, settings.quiet_end_hour).mask()
     with store.session() as session:
         # No row lock: the lease keeps the due-scan off these rows, and every write is fenced by the claim.
         rows = session.execute(
@@ -306,29 +294,30 @@ def send_chunk(
             )
         }
     caps = {cid: FrequencyCap.of(settings, campaign) for cid, (campaign, _) in campaigns.items()}
-    step = _SendStep(store, settings, ledger, claim, now, at)
-    for row in rows:
-        campaign, state = campaigns[row.campaign_id]
-        zone = row.timezone or settings.default_timezone
-        local = at.astimezone(ZoneInfo(zone))
-        if state is DispatchState.cancelled:
-            step.finish(row.plan_id, ItemState.cancelled, Reason.cancelled, "the campaign was cancelled")
-        elif state is not DispatchState.running:  # paused: wait for resume as a planned item
-            step.record(row.plan_id, "held_back", _held_back(now))
-        elif at >= campaign.window.end:
-            ended = f"window ended {campaign.window.end}"
-            step.finish(row.plan_id, ItemState.suppressed, Reason.expired, ended)
-        elif quiet[local.hour]:
-            where = f"{local:%H:%M} local in {zone}"
-            step.finish(row.plan_id, ItemState.suppressed, Reason.quiet_hours, where)
-        else:
-            step.pending.append(_pending(row, campaign, caps[row.campaign_id], settings, at))
+    step = _SendStep(store, settings, ledger, claim, now, as_of)
+    items = [
+        _pending(row, campaigns[row.campaign_id][0], caps[row.campaign_id], settings, at) for row in rows
+    ]
+    # What an earlier attempt left in the ledger (its worker died before recording it): a send that
+    # went, or may have gone, is recorded as that, whatever the campaign's state or the clock say now.
+    known = ledger.outcomes([item.message.send_id for item in items])
+    for row, item in zip(rows, items, strict=True):
+        held_over = known.get(item.message.send_id)
+        if held_over is Verdict.sent:
+            step.sent(item)
+        elif held_over is Verdict.unknown:
+            step.unknown(item, "an earlier attempt's call may have delivered")
+        elif not step.stopped(
+            item, campaigns[row.campaign_id][1], at, in_doubt=held_over is Verdict.in_doubt
+        ):
+            step.pending.append(dataclasses.replace(item, in_doubt=held_over is Verdict.in_doubt))
             step.lease_until = min(step.lease_until, _aware(row.lease_until))
     try:
         step.send_pending()
     except Exception:
-        # The ledger or the database failed mid-chunk (Redis down, say): record the calls already made,
-        # so they are not left to a retry; the rest stays queued and is handed out once the lease lapses.
+        # The ledger or the database failed mid-chunk (Redis down, say): settle and record the calls
+        # already made, so they are not left in doubt; the rest stays queued for the next lease.
+        step.settle_best_effort()
         step.write()
         raise
     return step.write()
@@ -336,7 +325,7 @@ def send_chunk(
 
 class _SendStep:
     """One chunk's sending: each call reserved and settled in the ledger one message at a time, the
-    campaigns' state re-read and the lease extended as it goes, the outcomes written at the end.
+    campaigns' state re-read, the clock and the lease checked as it goes, the outcomes written at the end.
 
     Per message, one ledger round trip carries the previous call's settlement and this send's
     reservation, so no call starts before the one before it is durable: a worker killed anywhere
@@ -345,21 +334,27 @@ class _SendStep:
     """
 
     def __init__(
-        self, store: PlanStore, settings: Settings, ledger: CapLedger, claim: str, now: datetime, at: datetime
+        self,
+        store: PlanStore,
+        settings: Settings,
+        ledger: CapLedger,
+        claim: str,
+        now: datetime,
+        as_of: datetime | None,
     ) -> None:
-        self.store, self.settings, self.ledger, self.claim, self.now, self.at = (
-            store,
-            settings,
-            ledger,
-            claim,
-            now,
-            at,
-        )
+        self.store, self.settings, self.ledger, self.claim = store, settings, ledger, claim
+        self.now, self.as_of = now, as_of
+        self.quiet = QuietHours.of(settings).mask()
         self.pending: list[_Pending] = []
+        # A lease must outlast one call: at least twice the channel timeout, whatever the setting.
+        self.hold = timedelta(
+            seconds=max(settings.dispatch_lease_seconds, 2 * settings.channel_timeout_seconds)
+        )
         self.lease_until = now + timedelta(seconds=settings.dispatch_lease_seconds)
         self.updates = _Updates()
         self.outcomes: dict[str, str] = {}  # plan_id -> what ChunkResult counts
         self.events: dict[str, list[dict[str, Any]]] = {}
+        self.to_settle: list[Settlement] = []  # the last call's outcome, until the next round trip
 
     def record(self, plan_id: str, outcome: str, values: dict[str, Any]) -> None:
         self.updates.add(plan_id, **values)
@@ -368,33 +363,86 @@ class _SendStep:
     def finish(self, plan_id: str, state: ItemState, reason: Reason, detail: str, **more: Any) -> None:
         self.record(plan_id, f"{state}:{reason}", _finished(state, reason, detail, self.now) | more)
 
+    def clock(self) -> datetime:
+        """The send instant: the dispatch clock when replaying, else now (a chunk may take a while)."""
+        return self.as_of or datetime.now(UTC)
+
+    def stopped(self, item: _Pending, state: DispatchState, at: datetime, *, in_doubt: bool) -> bool:
+        """Record why the item is not sent now, if it is not: the campaign cancelled or paused, the
+        window over, quiet hours in the user's zone. A send in doubt is never recorded as any of
+        those (its call may have gone): it is `unknown`."""
+        zone = item.reservation.zone
+        if state is DispatchState.cancelled:
+            why = (ItemState.cancelled, Reason.cancelled, "the campaign was cancelled")
+        elif state is not DispatchState.running:
+            why = None  # paused: back to planned, for the scan to hand out after resume
+        elif at >= item.window_end:
+            why = (ItemState.suppressed, Reason.expired, f"window ended {item.window_end}")
+        elif self.quiet[at.astimezone(ZoneInfo(zone)).hour]:
+            why = (
+                ItemState.suppressed,
+                Reason.quiet_hours,
+                f"{at.astimezone(ZoneInfo(zone)):%H:%M} local in {zone}",
+            )
+        else:
+            return False
+        if in_doubt:
+            self.unknown(item, "an earlier attempt's call was under way when its worker stopped")
+            self.to_settle.append(Settlement(item.reservation, Settle.unknown))
+        elif why is None:
+            self.record(item.plan_id, "held_back", _held_back(self.now))
+        else:
+            self.finish(item.plan_id, *why)
+        return True
+
     def send_pending(self) -> None:
         settings, ledger = self.settings, self.ledger
         held = {p.plan_id for p in self.pending}
         states: dict[str, DispatchState] = {}
-        settle: list[Settlement] = []
         for index, item in enumerate(self.pending):
             if index % settings.dispatch_recheck_every == 0:
                 states = self._campaign_states()
             if self._lease_running_out():
                 held = self._extend_lease(held)
-            state = states.get(item.reservation.campaign_id, DispatchState.cancelled)
             if item.plan_id not in held:
                 continue  # another step holds it now (its lease lapsed): it is theirs to send
-            if state is DispatchState.cancelled:
-                self.finish(item.plan_id, ItemState.cancelled, Reason.cancelled, "the campaign was cancelled")
+            at = self.clock()
+            if at - item.message.sent_at > timedelta(seconds=1):
+                item = _retimed(item, at)
+            state = states.get(item.reservation.campaign_id, DispatchState.cancelled)
+            if self.stopped(item, state, at, in_doubt=item.in_doubt):
                 continue
-            if state is not DispatchState.running:
-                self.record(item.plan_id, "held_back", _held_back(self.now))
+            try:  # before any reservation: a message that cannot be built fails alone, reserving nothing
+                adapter = _adapter(settings, item.message.channel)
+                message = _addressed(settings, item.message)
+                why = "not_configured"
+            except Exception as exc:
+                adapter, message, why = f"{type(exc).__name__}: {exc}", item.message, "error"
+            if isinstance(adapter, str):
+                if item.in_doubt:
+                    self.unknown(item, f"in doubt, and its channel cannot be called now: {adapter}")
+                    self.to_settle.append(Settlement(item.reservation, Settle.unknown))
+                else:
+                    self._failed(item, Outcome(item.message.send_id, ok=False, reason=why, detail=adapter))
                 continue
-            (verdict,) = ledger.reserve([item.reservation], settle=settle)
-            settle = []
-            outcome = self._send(item, verdict)
+            (verdict,) = ledger.reserve([item.reservation], settle=self.to_settle)
+            self.to_settle = []
+            outcome = self._send(item, verdict, adapter, message)
             if outcome is not None:
-                settle.append(Settlement(item.reservation, outcome))
-        ledger.settle(settle)
+                self.to_settle.append(Settlement(item.reservation, outcome))
+        ledger.settle(self.to_settle)
+        self.to_settle = []
 
-    def _send(self, item: _Pending, verdict: Verdict) -> Settle | None:
+    def settle_best_effort(self) -> None:
+        """After a failure mid-chunk: the last call's outcome, if the ledger can still take it."""
+        try:
+            self.ledger.settle(self.to_settle)
+        except Exception:  # the ledger is what failed: the call stays in doubt, as documented
+            return
+
+    def _send(
+        self, item: _Pending, verdict: Verdict, adapter: ChannelAdapter, message: Message
+    ) -> Settle | None:
         """Act on the ledger's verdict for one send; what to settle it as, if anything."""
         if verdict.capped:
             self.finish(item.plan_id, ItemState.suppressed, Reason.capped, f"cap {verdict}")
@@ -404,42 +452,38 @@ class _SendStep:
             self.finish(item.plan_id, ItemState.suppressed, Reason.opted_out, detail)
             return None
         if verdict is Verdict.sent:  # an earlier attempt's call delivered; its worker died before the record
-            self._sent(item)
+            self.sent(item)
             return None
         if verdict is Verdict.unknown:
-            self._unknown(item, "an earlier attempt's call may have delivered")
+            self.unknown(item, "an earlier attempt's call may have delivered")
             return None
-        adapter = _adapter(self.settings, item.message.channel)
-        if isinstance(adapter, str):
-            missing = Outcome(item.message.send_id, ok=False, reason="not_configured", detail=adapter)
-            self._failed(item, missing)
-            return Settle.release
         if verdict is Verdict.in_doubt and not adapter.dedupes:
-            self._unknown(item, "an earlier attempt's call was under way when its worker stopped")
+            self.unknown(item, "an earlier attempt's call was under way when its worker stopped")
             return Settle.unknown
-        outcome = _call(adapter, _addressed(self.settings, item.message))
+        outcome = _call(adapter, message)
         if outcome.ok:
-            self._sent(item, attempted=True)
+            self.sent(item, attempted=True)
             return Settle.sent
         if outcome.unknown:
-            self._unknown(item, _said(outcome), attempted=True)
+            self.unknown(item, _said(outcome), attempted=True)
             return Settle.unknown
         self._failed(item, outcome)
         return Settle.release  # a failed call holds no cap, and a retry reserves again
 
-    def _sent(self, item: _Pending, *, attempted: bool = False) -> None:
+    def sent(self, item: _Pending, *, attempted: bool = False) -> None:
+        at = item.message.sent_at
         values = {
             "state": ItemState.sent.value,
-            "sent_at": self.at,
+            "sent_at": at,
             "detail": None,
             "claim": None,
             "lease_until": None,
             "updated_at": self.now,
         }
         self.record(item.plan_id, "sent", values | ({"attempts": ONE_MORE_ATTEMPT} if attempted else {}))
-        self.events[item.plan_id] = _events(item, self.at, (EventType.push_sent, EventType.push_delivered))
+        self.events[item.plan_id] = _events(item, at, (EventType.push_sent, EventType.push_delivered))
 
-    def _unknown(self, item: _Pending, detail: str, *, attempted: bool = False) -> None:
+    def unknown(self, item: _Pending, detail: str, *, attempted: bool = False) -> None:
         more = {"attempts": ONE_MORE_ATTEMPT} if attempted else {}
         self.finish(item.plan_id, ItemState.unknown, Reason.outcome_unknown, detail, **more)
 
@@ -448,7 +492,7 @@ class _SendStep:
         if outcome.transient and attempts < self.settings.dispatch_max_attempts:
             delay = self.settings.dispatch_retry_seconds * 2 ** (attempts - 1)
             values = {
-                "lease_until": self.now + timedelta(seconds=delay),
+                "lease_until": datetime.now(UTC) + timedelta(seconds=delay),
                 "detail": _said(outcome),
                 "attempts": ONE_MORE_ATTEMPT,
                 "updated_at": self.now,
@@ -459,7 +503,7 @@ class _SendStep:
             item.plan_id, ItemState.failed, Reason.send_failed, _said(outcome), attempts=ONE_MORE_ATTEMPT
         )
         self.outcomes[item.plan_id] = f"failed:{outcome.reason}"
-        self.events[item.plan_id] = _events(item, self.at, (EventType.push_failed,))
+        self.events[item.plan_id] = _events(item, item.message.sent_at, (EventType.push_failed,))
 
     def _campaign_states(self) -> dict[str, DispatchState]:
         """The chunk's campaigns' dispatch states now: a pause or cancel is seen within RECHECK sends."""
@@ -473,13 +517,12 @@ class _SendStep:
         return {campaign_id: DispatchState(state) for campaign_id, state in rows}
 
     def _lease_running_out(self) -> bool:
-        left = (self.lease_until - datetime.now(UTC)).total_seconds()
-        return left < self.settings.dispatch_lease_seconds / 2
+        return self.lease_until - datetime.now(UTC) < self.hold / 2
 
     def _extend_lease(self, held: set[str]) -> set[str]:
         """Renew the lease of the chunk's rows still ours; the ids still held (fenced by the claim)."""
         now = datetime.now(UTC)
-        lease_until = now + timedelta(seconds=self.settings.dispatch_lease_seconds)
+        lease_until = now + self.hold
         with self.store.session() as session:
             kept = set(
                 session.scalars(
@@ -518,6 +561,8 @@ class _Pending:
     message: Message
     propensity: float | None
     attempts: int  # channel calls made, this one included
+    window_end: datetime
+    in_doubt: bool = False  # an earlier attempt reserved it and may have called: never recorded as not sent
 
 
 def _pending(row: Any, campaign: Campaign, cap: FrequencyCap, settings: Settings, at: datetime) -> _Pending:
@@ -549,6 +594,17 @@ def _pending(row: Any, campaign: Campaign, cap: FrequencyCap, settings: Settings
         ),
         propensity=row.propensity,
         attempts=row.attempts + 1,
+        window_end=campaign.window.end,
+    )
+
+
+def _retimed(item: _Pending, at: datetime) -> _Pending:
+    """The same send at a later instant: a chunk that takes a while checks its caps and quiet hours, and
+    records its sends, at the instant each goes, not when the chunk started."""
+    return dataclasses.replace(
+        item,
+        reservation=dataclasses.replace(item.reservation, at=at),
+        message=dataclasses.replace(item.message, sent_at=at),
     )
 
 

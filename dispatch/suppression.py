@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from dispatch.ledger import ALL_CHANNELS, OptChange, ledger_for
-from dispatch.plan_store import migrate
+from pushplan.db.engine import migrate
 from pushplan.domain import EventType
 from pushplan.settings import Profile, Settings
 
@@ -41,7 +41,7 @@ def opt_changes(events: pd.DataFrame) -> list[OptChange]:
         OptChange(
             user_id=str(user),
             channel=str(channel) if isinstance(channel, str) and channel else ALL_CHANNELS,
-            at=stamp.to_pydatetime(),
+            at=stamp.to_pydatetime(warn=False),  # a datetime holds microseconds; finer is noise here
             opted_out=kind in SUPPRESSING,
         )
         for user, kind, stamp, channel in zip(

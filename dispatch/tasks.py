@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from dispatch.celery_app import app
 from dispatch.control import flush_events
-from dispatch.plan_store import PlanStore
 from dispatch.sending import scan_due, send_chunk
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings, get_settings, per_settings
 
 log = logging.getLogger(__name__)
@@ -45,11 +44,3 @@ def send_chunk_task(plan_ids: list[str], claim: str, as_of: str | None = None) -
 def flush_events_task() -> int:
     settings = get_settings()
     return flush_events(_store(settings), settings)
-
-
-@app.task(name="dispatch.tasks.plan_partition_task", acks_late=True, ignore_result=True)
-def plan_partition_task(job_id: str, partition: int) -> Any:
-    from dispatch.plan_jobs import plan_partition
-
-    settings = get_settings()
-    return plan_partition(_store(settings), settings, job_id, partition)

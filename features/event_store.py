@@ -47,6 +47,7 @@ from features.schema import (
     validate_users,
 )
 from pushplan.domain import Campaign
+from pushplan.files import write_parquet
 from pushplan.settings import Settings
 
 _CSV_BLOCK_BYTES = 8 << 20
@@ -299,7 +300,7 @@ class EventStore:
             raise ImportRefused(
                 source.path, f"an attribute column's values do not match its stored type ({exc})"
             ) from exc
-        _write_atomically(table, self.users_path)
+        write_parquet(table, self.users_path)
         return ImportResult(source.path, Kind.users, rows, changed)
 
     def import_campaigns(self, path: Path) -> ImportResult:
@@ -351,7 +352,7 @@ class EventStore:
             existing = self.read_variants()
             kept = existing[~existing["campaign_id"].isin(ids)]
             merged = pd.concat([kept, variants], ignore_index=True) if not kept.empty else variants
-            _write_atomically(
+            write_parquet(
                 pa.Table.from_pandas(merged, schema=_VARIANT_SCHEMA, preserve_index=False),
                 self.settings.catalogue_path,
             )
@@ -432,14 +433,6 @@ class EventStore:
             first=span["min"],
             last=span["max"],
         )
-
-
-def _write_atomically(table: pa.Table, path: Path) -> None:
-    """Replace `path` with `table` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, scratch)
-    scratch.replace(path)
 
 
 def _refusal(path: Path, problems: list, total: int) -> ImportRefused:

@@ -1,4 +1,4 @@
-"""The users and events file contract (DESIGN.md, "Data contracts") and its row-level validation.
+"""The users and events file contract (docs/event-store.md) and its row-level validation.
 
 Validation is vectorised over a chunk of rows and reports the first bad rows by their 1-based row
 number in the file (header not counted), the column and the reason. It is written here rather than
@@ -248,7 +248,8 @@ def validate_events(frame: pd.DataFrame, first_row: int) -> pa.Table:
 def validate_users(frame: pd.DataFrame, first_row: int, default_timezone: str) -> pd.DataFrame:
     """Validate one chunk of a users file; return it with typed columns and extra columns kept.
 
-    An empty `timezone` becomes `default_timezone` (DESIGN.md); a non-empty unknown one is refused.
+    An empty `timezone` becomes `default_timezone` (docs/event-store.md, "Users"); a non-empty
+    unknown one is refused.
     """
     chk = _Checker(first_row)
     out = frame.copy()

@@ -473,13 +473,9 @@ PROFILE_COLUMNS = ("timezone", "push_opt_in", "sms_opt_in", "email_opt_in")
 PROFILE_REFS = tuple(f"{definitions.user_profile_fv.name}:{name}" for name in PROFILE_COLUMNS)
 
 
-def profiles(store: FeatureStore, settings: Settings, user_ids: list[str]) -> pd.DataFrame:
-    """Time zone and opt-ins of many users in one online read (cold start: defaults, not opted in)."""
-    return profile_frame(settings, user_ids, read_stored(store, user_ids, PROFILE_REFS))
-
-
 def profile_frame(settings: Settings, user_ids: list[str], stored: pd.DataFrame) -> pd.DataFrame:
-    """`profiles` from a `read_stored` frame that holds (at least) the PROFILE_COLUMNS."""
+    """Time zone and opt-ins of many users from a `read_stored` frame that holds (at least) the
+    PROFILE_COLUMNS (cold start: the default zone, not opted in)."""
     frame = pd.concat(
         [pd.DataFrame({"user_id": user_ids}), _fill(stored[list(PROFILE_COLUMNS)].copy(), settings)], axis=1
     )

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from features.event_store import EventStore
 from pushplan.clock import local_clock
 from pushplan.domain import VARIANT_TAGS, EventType
+from pushplan.files import write_parquet
 from pushplan.settings import Settings
 
 ACTIVITY = (EventType.app_open, EventType.purchase)
@@ -31,7 +31,6 @@ ACTIVE = (*ACTIVITY, *PUSH_ENGAGEMENT, EventType.converted)
 RFM_WINDOW_DAYS = 90
 TABLES = ("user_profile", "user_engagement", "user_rfm", "user_fatigue", "user_tag_affinity")
 NS_PER_DAY = 86_400 * 10**9
-NS_PER_HOUR = 3_600 * 10**9
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,9 @@ def build_feature_tables(settings: Settings, *, progress: bool = False) -> Build
         task = bar.add_task("building feature tables", total=len(steps))
         for name, compute in steps:
             frame = grid.rows(compute(grid))
-            path = table_path(settings, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            scratch = path.with_name(f".{path.name}.tmp")
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), scratch)
-            scratch.replace(path)
+            path = write_parquet(
+                pa.Table.from_pandas(frame, preserve_index=False), table_path(settings, name)
+            )
             written[name] = path
             bar.advance(task)
     stamps = grid.as_of

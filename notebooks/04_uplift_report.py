@@ -26,9 +26,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import sqlalchemy as sa
 
-from dispatch.plan_store import CampaignRow, PlanStore
+from pushplan.db.schema import CampaignRow
+from pushplan.db.store import PlanStore
 from pushplan.notebook import demo_settings
-from training.report import campaign_report, headline_text
+from reports.report import campaign_report, headline_text
 
 settings = demo_settings()
 store = PlanStore(settings)

@@ -10,8 +10,9 @@ and a campaign sends at most `campaign_total` messages in all. Defaults come fro
 campaign may tighten them, never loosen them.
 
 Planning uses `admits` to keep a new send from exceeding what other campaigns already hold for
-the user (the higher-value item wins, DESIGN.md "Decisions" 5); dispatch re-checks the same rule
-atomically at send time (DESIGN.md "Dispatch rules"), because plans made apart can still collide.
+the user (the higher-value item wins: docs/planner.md, "Frequency caps across campaigns"); dispatch
+re-checks the same rule atomically at send time (docs/dispatch.md, "The life of a send"), because
+plans made apart can still collide.
 """
 
 from __future__ import annotations

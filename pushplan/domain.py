@@ -1,6 +1,6 @@
 """Domain types shared by features, training, serving and dispatch: event types, channels, campaigns.
 
-These are the contracts of ../shared/DESIGN.md ("Data contracts"); the column-level schema of the
+These are the contracts of docs/planner.md and docs/event-store.md; the column-level schema of the
 event and user files lives beside their validation in `features.schema`.
 """
 
@@ -60,6 +60,7 @@ class TextLimit:
     title: int
     body: int
     combined: int | None = None
+    utf8_bytes: int | None = None  # title and body together, encoded: what a byte-limited payload holds
 
     def refusal(self, title: str, body: str, channel: Channel) -> str | None:
         """Why `title` and `body` do not fit this channel, in words; None if they fit."""
@@ -68,6 +69,13 @@ class TextLimit:
             return f"title is {len(title)} characters, longer than {name} {self.title}"
         if len(body) > self.body:
             return f"body is {len(body)} characters, longer than {name} {self.body}"
+        if self.utf8_bytes is not None:
+            encoded = len(title.encode()) + len(body.encode())
+            if encoded > self.utf8_bytes:
+                return (
+                    f"title and body are {encoded} bytes in UTF-8, more than {name} {self.utf8_bytes} "
+                    "(emoji and most non-Latin letters take 3 to 4 bytes each)"
+                )
         joined = len(title) + 1 + len(body)
         if self.combined is not None and joined > self.combined:
             return (
@@ -80,9 +88,9 @@ class TextLimit:
 # What each channel accepts, checked when a campaign is created against every channel it may use
 # (fallbacks too), so that no message is refused at send time for its text.
 CHANNEL_TEXT_LIMITS: dict[Channel, TextLimit] = {
-    # FCM refuses a message whose whole payload passes 4 KB; these leave room for the rest of it
-    # (token, data fields) with mostly one-byte text, and no device shows more anyway.
-    Channel.push: TextLimit(title=200, body=2000),
+    # FCM refuses a message whose whole payload passes 4,096 bytes: title and body may take 3,500 of
+    # them in UTF-8, leaving room for the token and the data fields; no device shows more anyway.
+    Channel.push: TextLimit(title=200, body=2000, utf8_bytes=3500),
     # The SMS adapter sends title + "\n" + body as one text; 1600 characters is 10 concatenated
     # segments, where providers stop (Twilio refuses longer bodies).
     Channel.sms: TextLimit(title=1600, body=1600, combined=1600),
@@ -92,7 +100,7 @@ CHANNEL_TEXT_LIMITS: dict[Channel, TextLimit] = {
     # Receivers are ours or our customers'; the bounds keep one request small and predictable.
     Channel.webhook: TextLimit(title=1000, body=10_000),
     # The demo's stand-in for push behaves like push, so a campaign that passes there passes on push.
-    Channel.sandbox: TextLimit(title=200, body=2000),
+    Channel.sandbox: TextLimit(title=200, body=2000, utf8_bytes=3500),
 }
 
 # Characters no title, body or variant id may hold: C0 and C1 controls and DEL (a CR or LF in a title
@@ -154,8 +162,22 @@ class ItemState(StrEnum):
     cancelled = "cancelled"
 
 
+class DispatchState(StrEnum):
+    """A campaign's sending: `idle` until started, then `running`; `paused` holds its sends back, and
+    `cancelled` is final (its unsent items become `cancelled`)."""
+
+    idle = "idle"
+    running = "running"
+    paused = "paused"
+    cancelled = "cancelled"
+
+
+class NoSuchCampaign(LookupError):
+    """No campaign with the id asked for."""
+
+
 class PlanItem(BaseModel):
-    """The contract between serving and dispatch (DESIGN.md, "Plan item")."""
+    """The contract between serving and dispatch (docs/planner.md)."""
 
     plan_id: str
     campaign_id: str

@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 
 class Profile(StrEnum):
-    """Which kind of backing services one code path runs on (DESIGN.md, "Profiles")."""
+    """Which kind of backing services one code path runs on (README.md, "Profiles")."""
 
     local = "local"
     production = "production"

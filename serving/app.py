@@ -10,11 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
-from dispatch.plan_store import PlanStore, migrate
+from pushplan.db.engine import migrate
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings, get_settings
 from serving.deps import AUTH_RESPONSES, BODY_RESPONSES, Problem
-from serving.models import ModelSet
 from serving.routes import campaigns, dispatch, events, health, plans, reports
+from serving.scoring import ModelSet
 
 MAX_BODY_BYTES = 8 << 20
 REQUESTS = Counter("pushplan_http_requests_total", "HTTP requests", ["method", "route", "status"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import numpy as np
@@ -12,16 +13,22 @@ from features.store import PROFILE_REFS, Source, profile_frame, read_stored, ser
 from pushplan.clock import smooth_hours
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
-from serving.models import ModelSet
 from serving.planner import Audience
+from serving.scoring import ModelSet
+from training.specs import SEND_HOUR, SPECS, VARIANT
 
-HOUR_SERVICE = "send_hour_v1"
-VARIANT_SERVICE = "variant_v1"
+# Each model's own spec's service, where no champion says otherwise.
+DEFAULT_SERVICES = {name: spec.feature_service for name, spec in SPECS.items()}
 
 
-def audience_refs(store: FeatureStore) -> list[str]:
-    """Every stored feature a plan reads: the profile's, the send-hour and the variant services'."""
-    refs = [*PROFILE_REFS, *stored_refs(store, HOUR_SERVICE), *stored_refs(store, VARIANT_SERVICE)]
+def audience_refs(store: FeatureStore, services: Mapping[str, str] = DEFAULT_SERVICES) -> list[str]:
+    """Every stored feature a plan reads: the profile's, and those of the send-hour and variant models'
+    feature services (`ModelSet.services`: each champion's own)."""
+    refs = [
+        *PROFILE_REFS,
+        *stored_refs(store, services[SEND_HOUR.name]),
+        *stored_refs(store, services[VARIANT.name]),
+    ]
     return list(dict.fromkeys(refs))
 
 
@@ -45,10 +52,11 @@ def build_audience(
     The variant model is asked about each variant at the hour the user would get it (the best of
     their hour scores), because its features include engagement at the candidate hour.
     """
-    stored = read_stored(store, user_ids, audience_refs(store), source=source, at=now)
+    services = models.services
+    stored = read_stored(store, user_ids, audience_refs(store, services), source=source, at=now)
     users = profile_frame(settings, user_ids, stored)
     window_start = max(pd.Timestamp(campaign.window.start), pd.Timestamp(now))
-    hour_features = service_features(store, settings, HOUR_SERVICE, user_ids, stored)
+    hour_features = service_features(store, settings, services[SEND_HOUR.name], user_ids, stored)
     hour_features["is_weekend"] = is_weekend(window_start, users["timezone"])
     hour_scores = models.hour_scores(hour_features)
     request = pd.DataFrame(
@@ -61,7 +69,7 @@ def build_audience(
         },
         index=range(len(user_ids)),
     )
-    variant_features = service_features(store, settings, VARIANT_SERVICE, user_ids, stored, request)
+    variant_features = service_features(store, settings, services[VARIANT.name], user_ids, stored, request)
     variant_scores = models.variant_scores(
         variant_features, [(v.title, list(v.tags)) for v in campaign.variants]
     )

@@ -1,15 +1,43 @@
-"""A campaign's plan for an audience, weighed against the plan store under the frequency caps: the one
-path `POST /v1/plans` and `pushplan plan` share (the planner is pure; this is where the store comes in)."""
+"""A campaign's plan for its users, weighed against the plan store under the frequency caps: the one
+path `POST /v1/plans`, `pushplan plan` and plan-job partitions share (the planner is pure; this is
+where the features, the models and the store come in)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from dispatch.plan_store import PlanStore
+from features.store import Source, feature_store
 from pushplan.caps import FrequencyCap
+from pushplan.db.store import PlanStore
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
-from serving.planner import Arbitration, Audience, QuietHours, arbitrate_caps, plan
+from pushplan.windows import QuietHours
+from serving.audience import build_audience
+from serving.planner import Arbitration, Audience, arbitrate_caps, plan
+from serving.scoring import ModelSet
+
+
+def plan_users(
+    store: PlanStore,
+    settings: Settings,
+    models: ModelSet,
+    campaign: Campaign,
+    user_ids: list[str],
+    now: datetime,
+    *,
+    seed: int = 0,
+    source: Source = "online",
+    save: bool = True,
+) -> Arbitration:
+    """Read the users' features (one read, `source` online or offline as of `now`), score them, plan
+    them within the caps and, with `save`, store the items and mark the sends they displaced."""
+    audience = build_audience(
+        feature_store(settings), settings, models, campaign, user_ids, now, source=source
+    )
+    arbitrated = plan_within_caps(store, settings, campaign, audience, now, seed=seed)
+    if save:
+        store.save_items(arbitrated.items, arbitrated.displaced)
+    return arbitrated
 
 
 def plan_within_caps(
@@ -25,7 +53,7 @@ def plan_within_caps(
     user_ids = audience.users["user_id"].astype(str).tolist()
     cap = FrequencyCap.of(settings, campaign)
     kept = store.sends_kept(campaign.campaign_id, user_ids) if cap.campaign_total is not None else 0
-    quiet = QuietHours(settings.quiet_start_hour, settings.quiet_end_hour)
+    quiet = QuietHours.of(settings)
     return arbitrate_caps(
         campaign,
         plan(campaign, audience, now, seed=seed, quiet=quiet),

@@ -13,9 +13,9 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
-from dispatch.plan_store import PlanStore
+from pushplan.db.store import PlanStore
 from serving.keys import Role, role_of
-from serving.models import ModelSet
+from serving.scoring import ModelSet
 
 
 def _state(request: Request) -> Any:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime
 from enum import StrEnum
 
-from dispatch.plan_store import ApiKeyRow, PlanStore
+from pushplan.db.api_keys import add_key, find_key
+from pushplan.db.store import PlanStore
 
 
 class Role(StrEnum):
@@ -27,16 +27,7 @@ def _digest(secret: str) -> str:
 
 def create_key(store: PlanStore, role: Role) -> str:
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    with store.session() as session:
-        session.add(
-            ApiKeyRow(
-                key_id=key_id,
-                secret_hash=_digest(secret),
-                role=role.value,
-                created_at=datetime.now(UTC),
-                revoked=False,
-            )
-        )
+    add_key(store, key_id, _digest(secret), role.value)
     return f"pp_{key_id}_{secret}"
 
 
@@ -45,8 +36,7 @@ def role_of(store: PlanStore, presented: str) -> Role | None:
     parts = presented.split("_", 2)
     if len(parts) != 3 or parts[0] != "pp":
         return None
-    with store.session() as session:
-        row = session.get(ApiKeyRow, parts[1])
-        if row is None or row.revoked or not hmac.compare_digest(row.secret_hash, _digest(parts[2])):
-            return None
-        return Role(row.role)
+    stored = find_key(store, parts[1])
+    if stored is None or stored.revoked or not hmac.compare_digest(stored.secret_hash, _digest(parts[2])):
+        return None
+    return Role(stored.role)

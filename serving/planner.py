@@ -1,6 +1,6 @@
 """The planner: pure decision logic that turns model scores into plan items. No I/O.
 
-For each user of an audience, in this order (DESIGN.md, "Decisions"):
+For each user of an audience, in this order (docs/planner.md):
 1. eligibility: the first of the campaign's channels the user is opted in to, else `opted_out`;
 2. holdout: a hash of (campaign, user) puts `holdout_fraction` of eligible users in control;
 3. timing: the local send slots inside the window, after `now` and outside quiet hours in the
@@ -16,9 +16,10 @@ over the same windows. Every timed item keeps the models' choice before explorat
 The same inputs and seed always give the same plan.
 
 `arbitrate_caps` then weighs the plan against what other campaigns already hold for the same
-users (DESIGN.md, "Decisions" 5): where a send would break a frequency cap, the higher-value item
-wins; a losing new send is deferred to its next-best slot inside the window or skipped `capped`,
-a losing held item is returned to be marked `capped` (re-planning its campaign may defer it).
+users (docs/planner.md, "Frequency caps across campaigns"): where a send would break a frequency
+cap, the higher-value item wins; a losing new send is deferred to its next-best slot inside the
+window or skipped `capped`, a losing held item is returned to be marked `capped` (re-planning its
+campaign may defer it).
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 from pushplan.caps import FrequencyCap, item_value
-from pushplan.clock import smooth_hours, to_utc
+from pushplan.clock import smooth_hours
 from pushplan.domain import Campaign, Channel, Decision, ItemState, Reason
+from pushplan.windows import QuietHours, window_slots
 
 PLAN_NAMESPACE = uuid.UUID("8f0c5d36-8a3e-4b8e-9d59-2f2d1f6c1a70")
 OPT_IN_OF_CHANNEL = {
@@ -43,22 +44,6 @@ OPT_IN_OF_CHANNEL = {
     Channel.sms: "sms_opt_in",
     Channel.email: "email_opt_in",
 }
-
-
-@dataclass(frozen=True)
-class QuietHours:
-    """Local hours when nothing is sent: from `start` (inclusive) to `end` (exclusive), across midnight."""
-
-    start: int = 22
-    end: int = 8
-
-    def mask(self) -> np.ndarray:
-        hours = np.arange(24)
-        if self.start == self.end:
-            return np.zeros(24, dtype=bool)
-        if self.start < self.end:
-            return (hours >= self.start) & (hours < self.end)
-        return (hours >= self.start) | (hours < self.end)
 
 
 @dataclass
@@ -92,33 +77,6 @@ def holdout_draw(campaign_id: str, user_ids: pd.Series | np.ndarray) -> np.ndarr
     """A uniform number in [0, 1) per user, fixed by (campaign, user): the same user stays in control."""
     digests = [hashlib.sha256(f"{campaign_id}\x1f{user}".encode()).digest()[:8] for user in user_ids]
     return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
-
-
-@dataclass(frozen=True)
-class WindowSlots:
-    """Every whole local hour of a window in one zone, in time order (one UTC instant each)."""
-
-    send_at: np.ndarray  # int64 nanoseconds since the epoch, UTC, ascending and unique
-    hour: np.ndarray  # the local hour of each instant
-    local_iso: np.ndarray  # each instant in the zone, ISO 8601 with its offset
-
-
-@lru_cache(maxsize=4096)
-def window_slots(start: pd.Timestamp, end: pd.Timestamp, zone: str) -> WindowSlots:
-    """The slots of [start, end) in `zone`; cached, since every request of a campaign asks again.
-
-    Across a daylight-saving change a repeated local hour is one slot (its first instance) and a
-    skipped one is none (pushplan.clock.to_utc).
-    """
-    local_start, local_end = start.tz_convert(zone), end.tz_convert(zone)
-    days = pd.date_range(
-        local_start.normalize().tz_localize(None), local_end.normalize().tz_localize(None), freq="D"
-    )
-    local = (days.values[:, None] + np.arange(24)[None, :].astype("timedelta64[h]")).ravel()
-    utc = to_utc(local, np.full(local.size, zone, dtype=object)).astype("int64")
-    utc = np.unique(utc[(utc >= start.value) & (utc < end.value)])
-    stamps = pd.DatetimeIndex(utc).tz_localize("UTC").tz_convert(zone)
-    return WindowSlots(utc, np.asarray(stamps.hour), np.array([t.isoformat() for t in stamps], dtype=object))
 
 
 def local_slots(campaign: Campaign, zone: str, now: datetime, quiet: QuietHours) -> pd.DataFrame:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from dispatch.plan_store import PlanItemRow, PlanStore, migrate
+from pushplan.db.engine import migrate
+from pushplan.db.schema import PlanItemRow
+from pushplan.db.store import PlanStore
 from pushplan.settings import Profile, Settings
 from tests.services import RedisServer, scratch_database
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from dispatch.plan_store import PlanStore
+from pushplan.db.store import PlanStore
 from pushplan.domain import Campaign
 from serving.planner import plan_ids
 

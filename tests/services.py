@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from pushplan.services import reachable
+from pushplan.reachability import reachable
 
 REDIS_URL = os.environ.get("PUSHPLAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 DATABASE_URL = os.environ.get(
@@ -58,7 +58,7 @@ class RedisServer:
     without touching the shared Redis."""
 
     def __init__(self, directory: Path, aof: str = "always") -> None:
-        from pushplan.tour import free_port
+        from cli.demo import free_port
 
         self.directory, self.aof = directory, aof
         self.port = free_port()

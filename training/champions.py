@@ -26,7 +26,8 @@ from pushplan.domain import Channel
 from pushplan.settings import Settings
 from training import evaluation
 from training.datasets import build_split, zones_of
-from training.pipeline import EVAL_DAYS, choose_hours, load_champion, predict, score
+from training.inference import choose_hours, load_champion, predict
+from training.pipeline import EVAL_DAYS, score
 from training.specs import SEND_HOUR, SPECS, VARIANT
 
 ORACLE_USERS = 2_000

@@ -16,6 +16,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from features.feature_repo.transforms import tag_match_features
 from training.frames import variant_features
+from training.off_policy import estimates
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
@@ -81,19 +82,20 @@ def hour_metrics(
 def off_policy_values(
     reward: np.ndarray, chosen_by_model: np.ndarray, logged_propensity: np.ndarray, n_variants: np.ndarray
 ) -> dict[str, float]:
-    """IPS and SNIPS values of "the model's best variant" and "a uniformly random variant".
+    """IPS and SNIPS values of "the model's best variant" and "a uniformly random variant", as flat
+    metrics for MLflow (training.off_policy.estimates computes them; these are its point values).
 
     `chosen_by_model` says whether the model's choice equals the logged variant; the logging
     policy's probability of the logged variant is `logged_propensity`.
     """
     reward = np.asarray(reward, dtype=float)
-    weights_model = np.asarray(chosen_by_model, dtype=float) / logged_propensity
-    weights_random = (1.0 / np.asarray(n_variants, dtype=float)) / logged_propensity
+    model = estimates(reward, logged_propensity, np.asarray(chosen_by_model, dtype=float))
+    uniform = estimates(reward, logged_propensity, 1.0 / np.asarray(n_variants, dtype=float))
     return {
-        "ips_model": float((reward * weights_model).mean()),
-        "snips_model": float((reward * weights_model).sum() / max(weights_model.sum(), 1e-12)),
-        "ips_random": float((reward * weights_random).mean()),
-        "snips_random": float((reward * weights_random).sum() / max(weights_random.sum(), 1e-12)),
+        "ips_model": model["ips"]["value"],
+        "snips_model": model["snips"]["value"] if model["snips"] else 0.0,
+        "ips_random": uniform["ips"]["value"],
+        "snips_random": uniform["snips"]["value"] if uniform["snips"] else 0.0,
         "logged_mean_reward": float(reward.mean()),
         "matched_rows": int(np.asarray(chosen_by_model).sum()),
     }

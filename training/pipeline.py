@@ -19,6 +19,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 from feast import FeatureStore
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from rich.console import Console
 from sklearn.calibration import CalibratedClassifierCV
@@ -26,11 +28,11 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 
 from features.store import feature_store, service_feature_names
-from pushplan.clock import smooth_hours
 from pushplan.settings import Settings
 from training import evaluation
 from training.datasets import Split, build_split
 from training.frames import FeatureFrame
+from training.inference import predict
 from training.specs import ModelSpec
 from training.tracking import CHAMPION, champion_version, configure
 
@@ -74,21 +76,6 @@ def fit_model(
             valid, valid["label"].to_numpy()
         )
     return model
-
-
-def predict(spec: ModelSpec, model: Any, rows: pd.DataFrame) -> np.ndarray:
-    """p(label=1) for binary specs; a (rows × 24) matrix of hour probabilities for the send-hour spec."""
-    proba = model.predict_proba(rows)
-    if spec.n_classes == 2:
-        return np.asarray(proba[:, 1])
-    full = np.zeros((len(rows), 24))
-    full[:, np.asarray(model.classes_, dtype=int)] = proba
-    return full
-
-
-def choose_hours(proba: np.ndarray) -> np.ndarray:
-    """The local send hour for each row of a (rows × 24) hour-probability matrix (any hour allowed)."""
-    return smooth_hours(proba).argmax(axis=1)
 
 
 def importance(model: Any) -> pd.Series:
@@ -263,10 +250,9 @@ def train(
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
             signature=infer_signature(example, predict(spec, model, example)),
             input_example=example,
-            registered_model_name=spec.registered_name,
             pyfunc_predict_fn="predict_proba",
         )
-        version = int(info.registered_model_version)
+        version = _register(client, spec.registered_name, info, run.info.run_id)
         mlflow.set_tag("promoted", str(wins))
     client.set_model_version_tag(spec.registered_name, str(version), "feature_service", spec.feature_service)
     if wins:
@@ -274,12 +260,18 @@ def train(
     return TrainResult(spec.name, version, run.info.run_id, spec.metric, value, champion_value, wins, metrics)
 
 
+def _register(client: MlflowClient, name: str, info: Any, run_id: str) -> int:
+    """A new registry version of the logged model, made through the client: MLflow's own way
+    (`log_model(registered_model_name=...)`) prints two lines per model to stderr, which no logger
+    setting reaches, and the commands keep the terminal to their own output."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    made = client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+    return int(made.version)
+
+
 def _metric_key(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./" else "_" for ch in name)
-
-
-def load_champion(spec: ModelSpec, settings: Settings) -> Any | None:
-    client = configure(settings)
-    if champion_version(client, spec.registered_name) is None:
-        return None
-    return mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}")

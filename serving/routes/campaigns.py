@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, status
 
-from dispatch.plan_store import CampaignFrozen
 from features.event_store import EventStore
+from pushplan.db.campaigns import CampaignFrozen
 from pushplan.domain import Campaign
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole
 

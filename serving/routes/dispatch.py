@@ -10,11 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
-from dispatch.control import NoSuchCampaign, TransitionRefused, control, dispatch_state, item_states
-from dispatch.plan_jobs import create_job, get_job
-from dispatch.sending import DispatchState
-from pushplan.domain import Instant
+from dispatch.control import TransitionRefused, control, dispatch_state, item_states
+from pushplan.domain import DispatchState, Instant, NoSuchCampaign
 from serving.deps import CampaignRole, PlanStoreDep, Problem, ReaderRole
+from serving.plan_jobs import create_job, get_job
 
 router = APIRouter(tags=["dispatch"])
 
@@ -142,7 +141,7 @@ def create_plan_job(
 ) -> PlanJob:
     """Plan every known user of the campaign in the background, partitioned into Celery tasks;
     poll `GET /v1/plan-jobs/{job_id}` for progress."""
-    from dispatch.tasks import plan_partition_task
+    from serving.tasks import plan_partition_task
 
     campaign = store.get_campaign(campaign_id)
     if campaign is None:

@@ -15,10 +15,11 @@ from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from dispatch.control import mark_opened
 from dispatch.ledger import OptChange
-from dispatch.plan_store import PlanItemRow, PlanStore
 from dispatch.suppression import suppress, suppress_from_events
 from features.event_store import EventStore, ImportRefused, ImportResult
 from features.store import feature_store, push_events
+from pushplan.db.schema import PlanItemRow
+from pushplan.db.store import PlanStore
 from pushplan.domain import Channel, EventType
 from pushplan.settings import Settings
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep
@@ -171,7 +172,9 @@ def post_channel_feedback(
         if report.kind is not FeedbackKind.bounce:
             events.append(
                 {
-                    "event_id": f"feedback/{channel.value}/{report.send_id or user_id}/{report.kind.value}",
+                    # With the instant: a user may unsubscribe again after opting back in.
+                    "event_id": f"feedback/{channel.value}/{report.send_id or user_id}/{report.kind.value}"
+                    f"/{report.at.isoformat()}",
                     "user_id": user_id,
                     "event_type": EventType.unsubscribed.value,
                     "timestamp": report.at.isoformat(),

@@ -8,11 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, StringConstraints
 
-from dispatch.plan_store import missing_to_none
-from features.store import feature_store
+from pushplan.db.plan_items import missing_to_none
 from pushplan.domain import Decision, Instant, PlanItem, Reason
-from serving.audience import build_audience
-from serving.capped_plan import plan_within_caps
+from serving.capped_plan import plan_users
 from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole
 
 router = APIRouter(tags=["plans"])
@@ -64,11 +62,10 @@ def create_plan(
     settings = request.app.state.settings
     now = body.now or datetime.now(UTC)
     user_ids = list(dict.fromkeys(body.user_ids))
-    audience = build_audience(feature_store(settings), settings, models, campaign, user_ids, now)
-    arbitrated = plan_within_caps(store, settings, campaign, audience, now, seed=body.seed)
+    arbitrated = plan_users(
+        store, settings, models, campaign, user_ids, now, seed=body.seed, save=not body.dry_run
+    )
     items = arbitrated.items
-    if not body.dry_run:
-        store.save_items(items, arbitrated.displaced)
     records = [PlanItem.model_validate(missing_to_none(r)) for r in items.to_dict("records")]
     return PlanResponse(
         campaign_id=campaign.campaign_id,

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import HTMLResponse
 
+from pushplan.domain import NoSuchCampaign
+from reports.campaign_log import DEFAULT_HORIZON, NothingToReport
 from serving.deps import AUTH_RESPONSES, OperatorRole, Problem
-from training.campaign_log import DEFAULT_HORIZON, NoSuchCampaign, NothingToReport
 
 router = APIRouter(tags=["reports"])
 
@@ -36,7 +37,7 @@ NOT_REPORTABLE: dict[int | str, dict[str, Any]] = {
 def _report(request: Request, campaign_id: str, horizon_hours: float) -> dict[str, Any]:
     # Imported here: the report pulls in LightGBM fits and matplotlib, which a planning-only
     # service never needs at start-up.
-    from training.report import campaign_report
+    from reports.report import campaign_report
 
     try:
         return campaign_report(
@@ -76,6 +77,6 @@ def campaign_report_page(
     horizon_hours: Horizon = DEFAULT_HORIZON_HOURS,
 ) -> HTMLResponse:
     """The campaign's uplift report as one self-contained HTML page with charts."""
-    from training.report_page import render_html
+    from reports.page import render_html
 
     return HTMLResponse(render_html(_report(request, campaign_id, horizon_hours)))

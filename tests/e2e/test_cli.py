@@ -59,7 +59,7 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
         assert step in demo.stdout
 
     # The plan the demo made through the service is in the plan store: every user, one decision.
-    from dispatch.plan_store import PlanStore
+    from pushplan.db.store import PlanStore
     from pushplan.settings import Settings
 
     plans = PlanStore(Settings(data_dir=Path(env["PUSHPLAN_DATA_DIR"])))
@@ -104,10 +104,10 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     assert policy["model"]["dr"]["ci"][0] > policy["uniform"]["dr"]["ci"][1]
 
     # The same report served to an operator, as JSON and as a page that renders in headless Chromium.
-    from pushplan.tour import running_service
+    from cli.demo import running_service
+    from reports.report import headline_text
     from serving.keys import Role, create_key
     from tests.browser import render
-    from training.report import headline_text
 
     key = create_key(plans, Role.operator)
     with running_service(settings.data_dir, key) as service, service.client() as client:
@@ -127,7 +127,7 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     # `pushplan plan` plans the whole audience from the offline store as of the campaign's start; it
     # agrees with the plan the service made from the online store then. (Not with the online store
     # now: dispatch and the answers have since moved users' fatigue and clicks on.)
-    from pushplan.tour import demo_campaign
+    from cli.demo import demo_campaign
 
     start = demo.stdout.split(f"created campaign '{campaign_id}' (4 variants, ")[1][:10]
     campaign_file = tmp_path / "campaign.json"
@@ -227,8 +227,8 @@ def true_effects(
 ) -> dict[str, float]:
     """The simulator's expected increments per campaign-arm user: clicks, conversions and revenue the
     messages caused (a holdout has none of the first two, and buys organically like everyone else)."""
+    from cli.demo import demo_campaign
     from features.simulator.population import Population, recent_send_counts, tag_matrix
-    from pushplan.tour import demo_campaign
 
     population = Population.load(sim_dir)
     tags = {v.variant_id: list(v.tags) for v in demo_campaign(pd.Timestamp(outbox["sent_at"].min())).variants}

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from dispatch.plan_store import PlanStore, migrate
+from pushplan.db.engine import migrate
+from pushplan.db.store import PlanStore
 from pushplan.settings import Profile, Settings
 from serving.app import create_app
 from serving.keys import Role, create_key

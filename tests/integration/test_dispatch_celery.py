@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from dispatch.control import control
-from dispatch.plan_store import DispatchEventRow, PlanItemRow
 from pushplan.caps import FrequencyCap
+from pushplan.db.schema import DispatchEventRow, PlanItemRow
 from pushplan.settings import Profile
 from tests.dispatch_processes import FINAL, Deployment, deployed
 from tests.dispatch_setup import campaign, send_items, store_campaign

@@ -26,8 +26,9 @@ from dispatch.ledger import (
     Verdict,
     local_day_bounds,
 )
-from dispatch.plan_store import PlanStore, migrate
 from pushplan.caps import FrequencyCap
+from pushplan.db.engine import migrate
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
 from tests.services import REDIS_URL, require_services
 
@@ -120,8 +121,14 @@ def test_opt_outs_suppress_per_channel_until_a_later_opt_in(make_ledger) -> None
     assert ledger.reserve([ask("e", T0 + 3 * hour, cap=loose)]) == [Verdict.reserved]
     ledger.suppress([OptChange("u", ALL_CHANNELS, T0 + 4 * hour, opted_out=True)])
     assert ledger.reserve([ask("f", T0 + 5 * hour, cap=loose)]) == [Verdict.opted_out]
-    # An earlier send that was settled stays what it was.
-    assert ledger.reserve([ask("c", T0 + 2 * hour, cap=loose)]) == [Verdict.in_doubt]
+    # A send settled before the opt-out stays what it was; one still in doubt must not go again.
+    ledger.settle([Settlement(ask("e", T0 + 3 * hour, cap=loose), Settle.sent)])
+    assert ledger.reserve([ask("e", T0 + 3 * hour, cap=loose)]) == [Verdict.sent]
+    assert ledger.reserve([ask("c", T0 + 2 * hour, cap=loose)]) == [Verdict.unknown]
+    assert ledger.outcomes(["c", "e", "never"]) == {"c": Verdict.unknown, "e": Verdict.sent}
+    # An outcome, once known, is never overwritten.
+    ledger.settle([Settlement(ask("e", T0 + 3 * hour, cap=loose), Settle.release)])
+    assert ledger.outcomes(["e"]) == {"e": Verdict.sent}
 
 
 def test_each_cap_refuses_by_name(make_ledger) -> None:

@@ -12,7 +12,8 @@ from features.store import online_features
 from pushplan.settings import Profile, Settings
 from tests.features_setup import built_store
 from tests.services import REDIS_URL, scratch_database
-from training.pipeline import load_champion, predict, train
+from training.inference import load_champion, predict
+from training.pipeline import train
 from training.specs import SEND_HOUR
 from training.tracking import CHAMPION, configure, list_models, tracking_uri
 

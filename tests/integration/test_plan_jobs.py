@@ -12,15 +12,16 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from dispatch.plan_store import PlanStore, migrate
+from cli.demo import demo_campaign, running_worker
 from features.store import feature_store
+from pushplan.db.engine import migrate
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
-from pushplan.tour import demo_campaign, running_worker
 from serving.app import create_app
 from serving.audience import build_audience
 from serving.capped_plan import plan_within_caps
 from serving.keys import Role, create_key
-from serving.models import ModelSet
+from serving.scoring import ModelSet
 from tests.conftest import SIM_START
 from tests.features_setup import built_store
 

@@ -15,8 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from dispatch.control import control
-from dispatch.plan_store import CampaignFrozen, PlanItemRow, PlanStore, migrate
 from dispatch.sending import scan_due
+from pushplan.db.campaigns import CampaignFrozen
+from pushplan.db.engine import migrate
+from pushplan.db.schema import PlanItemRow
+from pushplan.db.store import PlanStore
 from pushplan.domain import Campaign
 from pushplan.settings import Profile, Settings
 from serving.planner import Audience, plan
@@ -117,7 +120,7 @@ def test_replanning_never_rewrites_an_item_dispatch_has(store: PlanStore) -> Non
     store.save_items(items(seed=0))
     first_send = store.list_items("autumn", decision="send", limit=1)[0]
     with store.session() as session:
-        from dispatch.plan_store import PlanItemRow
+        from pushplan.db.schema import PlanItemRow
 
         session.get(PlanItemRow, first_send.plan_id).state = "sent"
     replanned = items(seed=5)  # other exploration draws: some items change
@@ -132,7 +135,8 @@ def test_the_migrations_build_what_the_models_describe(store: PlanStore) -> None
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from dispatch.plan_store import VERSION_TABLE, Base
+    from pushplan.db.engine import VERSION_TABLE
+    from pushplan.db.schema import Base
 
     with store.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
@@ -140,8 +144,8 @@ def test_the_migrations_build_what_the_models_describe(store: PlanStore) -> None
 
 
 def test_held_sends_feed_the_caps_and_displaced_items_become_capped(store: PlanStore) -> None:
-    from dispatch.plan_store import PlanItemRow
     from pushplan.caps import HELD_COLUMNS
+    from pushplan.db.schema import PlanItemRow
 
     store.save_campaign(CAMPAIGN)
     rival = CAMPAIGN.model_copy(update={"campaign_id": "rival", "priority": 2})
@@ -177,7 +181,7 @@ def test_a_store_from_before_its_own_version_table_is_adopted_and_keeps_its_rows
     """Earlier releases kept the plan store's revision in Alembic's default table (MLflow's too)."""
     import sqlalchemy as sa
 
-    from dispatch.plan_store import VERSION_TABLE
+    from pushplan.db.engine import VERSION_TABLE
 
     store.save_campaign(CAMPAIGN)
     with store.engine.begin() as connection:

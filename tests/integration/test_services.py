@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from pushplan.services import check_services
+from pushplan.reachability import check_services
 from pushplan.settings import Settings
 from tests.services import DATABASE_URL, REDIS_URL, require_services
 

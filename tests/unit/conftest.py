@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from dispatch.plan_store import PlanStore, migrate
+from pushplan.db.engine import migrate
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
 from serving.app import create_app
 from serving.keys import Role, create_key

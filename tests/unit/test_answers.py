@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli.demo import demo_campaign
 from features.event_store import EventStore
 from features.simulator import Population
 from features.simulator.answers import OUTBOX_COLUMNS, answer_sends, post_events, read_outbox
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
-from pushplan.tour import demo_campaign
 
 HISTORY_START = date(2026, 9, 1)
 HISTORY_DAYS = 5

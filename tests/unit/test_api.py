@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dispatch.ledger import Reservation, SqlLedger, Verdict
-from dispatch.plan_store import PlanStore
 from features.event_store import EventStore
 from pushplan.caps import FrequencyCap
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
 from serving.keys import Role
 from tests.dispatch_setup import campaign, send_items, store_campaign
@@ -198,7 +198,8 @@ def test_events_with_mixed_timestamp_precision_are_stored_and_opens_reach_their_
 
     import sqlalchemy as sa
 
-    from dispatch.plan_store import PlanItemRow, PlanStore
+    from pushplan.db.schema import PlanItemRow
+    from pushplan.db.store import PlanStore
     from tests.dispatch_setup import campaign, send_items, store_campaign
 
     client, keys, settings = served
@@ -247,7 +248,7 @@ def test_campaign_control_over_http(served: tuple[TestClient, dict[Role, str], S
     campaign refuses to go on (409), an unknown one is 404, and an operator key may only read."""
     from datetime import UTC, datetime
 
-    from dispatch.plan_store import PlanStore
+    from pushplan.db.store import PlanStore
     from tests.dispatch_setup import campaign, send_items, store_campaign
 
     client, keys, settings = served

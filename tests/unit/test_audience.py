@@ -19,12 +19,13 @@ from features.store import online_features, read_stored, snapshot_span
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
 from serving.audience import audience_refs, build_audience
-from serving.models import HEURISTIC, ModelSet, Scorer, variant_rows
 from serving.planner import Audience
+from serving.scoring import HEURISTIC, ModelSet, Scorer, variant_rows
 from tests.features_setup import built_store
 from training.evaluation import with_variant
 from training.frames import FeatureFrame
-from training.pipeline import input_columns, predict
+from training.inference import predict
+from training.pipeline import input_columns
 from training.specs import SEND_HOUR, VARIANT
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from dispatch.plan_store import PlanStore, migrate
+from pushplan.db.engine import migrate
+from pushplan.db.store import PlanStore
 from pushplan.domain import CHANNEL_TEXT_LIMITS, Campaign, Channel
 from pushplan.settings import Settings
 from serving.app import create_app
@@ -167,3 +168,10 @@ def test_a_campaign_stored_before_the_text_rules_still_loads_from_the_plan_store
     with pytest.raises(ValidationError):
         Campaign.model_validate(old)
     assert Campaign.stored(old).variants[-1].title.startswith("Hello\r\n")
+
+
+def test_push_text_is_measured_in_bytes_as_fcm_counts_it() -> None:
+    """1,000 emoji fit push's 2,000 characters but not FCM's 4 KB payload."""
+    with pytest.raises(ValidationError, match=r"variant 'b': title and body are 4\d{3} bytes in UTF-8"):
+        Campaign.model_validate(spec({"variant_id": "b", "title": "Hi", "body": "🍂" * 1000}))
+    Campaign.model_validate(spec({"variant_id": "b", "title": "Hi", "body": "🍂" * 800}))

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from pushplan.caps import HELD_COLUMNS, FrequencyCap
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
-from serving.planner import Audience, QuietHours, arbitrate_caps, plan
+from pushplan.windows import QuietHours
+from serving.planner import Audience, arbitrate_caps, plan
 
 CAP = FrequencyCap(per_channel_day=2, per_channel_week=4, per_user_day=2, min_gap=timedelta(hours=2))
 

@@ -15,11 +15,13 @@ from dispatch import sending
 from dispatch.channels import Message, Outcome
 from dispatch.control import TransitionRefused, control, flush_events, item_states, mark_opened
 from dispatch.ledger import Settle, Settlement, SqlLedger, Verdict
-from dispatch.plan_store import DispatchEventRow, PlanItemRow, PlanStore, migrate
 from dispatch.sending import scan_due, send_chunk
 from dispatch.suppression import suppress_from_events
 from features.event_store import EventStore
 from pushplan.caps import FrequencyCap
+from pushplan.db.engine import migrate
+from pushplan.db.schema import DispatchEventRow, PlanItemRow
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
 from tests.dispatch_setup import campaign, send_items, store_campaign
 
@@ -522,3 +524,63 @@ def test_a_ledger_lost_mid_chunk_records_the_calls_made_and_leaves_the_rest_queu
     _lapse(store)
     assert run_due(store, settings, START) == Counter({"sent": 2})
     assert len(outbox(settings)) == 4
+
+
+@pytest.mark.parametrize(("settled", "state"), [(Settle.sent, "sent"), (None, "unknown")])
+def test_a_send_that_went_before_its_worker_died_is_never_recorded_as_cancelled(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch, settled: Settle | None, state: str
+) -> None:
+    """The campaign was cancelled while the killed worker's chunk waited for its lease: what the ledger
+    says went (or may have gone) is recorded as that, not as cancelled."""
+    channel = Scripted(["ok"] * 3)
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, ["a"], [START]))
+    control(store, "c1", "dispatch")
+    _killed_mid_chunk(store, settings, c, settle=settled)
+    (again,) = scan_due(store, settings, as_of=START)
+    control(store, "c1", "cancel")
+    send_chunk(store, settings, again.plan_ids, again.claim, START)
+    assert {s for s, _reason in states(store, "c1")} == {state}
+    assert len(channel.calls) == 1
+
+
+def test_an_opt_out_between_two_messages_of_one_chunk_stops_the_second(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings.model_copy(update={"cap_min_gap_minutes": 0})
+    channel = Scripted(["ok"] * 5)
+    calls = channel.send
+
+    def opt_out_b_during_the_first_call(messages: list[Message]) -> list[Outcome]:
+        if not channel.calls:
+            changes = pd.DataFrame({"user_id": ["b"], "event_type": ["opt_out"], "timestamp": [START]})
+            suppress_from_events(settings, changes)
+        return calls(messages)
+
+    channel.send = opt_out_b_during_the_first_call  # type: ignore[method-assign]
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, ["a", "b", "c"], [START] * 3))
+    control(store, "c1", "dispatch")
+    assert run_due(store, settings, START) == Counter({"sent": 2, "suppressed:opted_out": 1})
+    assert len(channel.calls) == 2
+
+
+def test_a_message_that_cannot_be_built_fails_alone_and_reserves_nothing(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sending._addressed
+
+    def addressed(settings: Settings, message: Message) -> Message:
+        if message.user_id == "bad":
+            raise OSError("users file being rewritten")
+        return real(settings, message)
+
+    monkeypatch.setattr(sending, "_addressed", addressed)
+    c = campaign("c1", START)
+    store_campaign(store, c, send_items(c, ["a", "bad", "c"], [START] * 3))
+    control(store, "c1", "dispatch")
+    assert run_due(store, settings, START) == Counter({"sent": 2, "failed:error": 1})
+    with store.session() as session:
+        assert session.scalar(sa.text("select count(*) from cap_ledger")) == 2

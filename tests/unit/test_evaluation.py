@@ -9,7 +9,7 @@ import pytest
 
 from training.evaluation import binary_metrics, hour_metrics, off_policy_values, oracle_share, top_k_hits
 from training.frames import variant_features
-from training.pipeline import choose_hours
+from training.inference import choose_hours
 
 
 def test_binary_metrics_by_hand() -> None:

@@ -16,7 +16,8 @@ from features.store import snapshot_span, training_set
 from pushplan.settings import Settings
 from tests.features_setup import built_store
 from training.champions import evaluate_champions
-from training.pipeline import TrainResult, choose_hours, load_champion, predict, train
+from training.inference import choose_hours, load_champion, predict
+from training.pipeline import TrainResult, train
 from training.specs import CLICK, SEND_HOUR, SPECS, VARIANT
 from training.tracking import CHAMPION, configure, list_models
 
@@ -191,8 +192,8 @@ def test_serving_loads_champions_reloads_when_the_alias_moves_and_plans(
 
     from pushplan.domain import Campaign
     from serving.audience import build_audience
-    from serving.models import ModelSet
     from serving.planner import plan
+    from serving.scoring import ModelSet
 
     settings, store, _ = trained
     models = ModelSet.load(settings)
@@ -229,7 +230,7 @@ def test_serving_loads_champions_reloads_when_the_alias_moves_and_plans(
 
 
 def test_without_models_serving_plans_with_heuristics(tmp_path: Path, sim_dir: Path) -> None:
-    from serving.models import HEURISTIC, ModelSet
+    from serving.scoring import HEURISTIC, ModelSet
 
     settings = Settings(data_dir=tmp_path / "no-models")
     store = built_store(settings, sim_dir)

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pushplan.domain import Campaign
-from serving.planner import Audience, QuietHours, holdout_draw, plan
+from pushplan.windows import QuietHours
+from serving.planner import Audience, holdout_draw, plan
 
 ZONES = [
     "Europe/Berlin",

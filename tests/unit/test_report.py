@@ -14,20 +14,22 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from dispatch.plan_store import PlanItemRow, PlanStore, migrate
 from features.event_store import EventStore
-from pushplan.domain import Campaign
+from pushplan.db.engine import migrate
+from pushplan.db.schema import PlanItemRow
+from pushplan.db.store import PlanStore
+from pushplan.domain import Campaign, NoSuchCampaign
 from pushplan.settings import Settings
-from serving.planner import Audience, plan
-from training.campaign_log import NoSuchCampaign, planned_channel, planned_local_hour, read_items
-from training.policy_value import estimates
-from training.report import (
+from reports.campaign_log import planned_channel, planned_local_hour, read_items
+from reports.page import render_html
+from reports.policy_value import estimates
+from reports.report import (
     campaign_report,
     experiment_log_report,
     headline_text,
     parse_shares,
 )
-from training.report_page import render_html
+from serving.planner import Audience, plan
 
 START = datetime(2026, 11, 2, tzinfo=UTC)
 ZONES = ["Europe/Berlin", "America/New_York", "Asia/Tokyo"]

@@ -58,7 +58,7 @@ def test_importing_reads_no_environment_and_touches_no_disk(
     # A broken environment must not break an import: only get_settings() reads it.
     monkeypatch.setenv("PUSHPLAN_PROFILE", "not-a-profile")
     monkeypatch.setenv("PUSHPLAN_DATA_DIR", str(tmp_path / "never-created"))
-    for name in ("pushplan.settings", "pushplan.cli", "features.event_store", "features.simulator"):
+    for name in ("pushplan.settings", "cli.main", "features.event_store", "features.simulator"):
         importlib.reload(importlib.import_module(name))
     assert not (tmp_path / "never-created").exists()
     importlib.reload(settings_module)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.uplift import qini_coefficient, qini_curve, t_learner, uplift_analysis, x_learner
+from reports.uplift import qini_coefficient, qini_curve, t_learner, uplift_analysis, x_learner
 
 COVARIATES = ["segment", "noise1", "noise2"]
 

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from training.experiment import (
+from reports.statistics import (
     compare_arms,
     compare_by,
     compare_means,

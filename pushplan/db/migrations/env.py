@@ -1,11 +1,12 @@
-"""Alembic environment for the plan store: the URL comes from dispatch.plan_store.migrate."""
+"""Alembic environment for the database: the URL comes from pushplan.db.engine.migrate."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import context
 
-from dispatch.plan_store import VERSION_TABLE, Base
+from pushplan.db.engine import VERSION_TABLE
+from pushplan.db.schema import Base
 
 config = context.config
 connectable = sa.create_engine(config.get_main_option("sqlalchemy.url") or "")

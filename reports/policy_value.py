@@ -20,58 +20,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from pushplan.clock import local_clock
 from pushplan.domain import Reason
-from serving.planner import QuietHours, window_slots
-from training.campaign_log import CampaignLog
-from training.experiment import compare_rates
-
-
-def estimates(
-    reward: np.ndarray,
-    logged_propensity: np.ndarray,
-    target_probability: np.ndarray,
-    direct_target: np.ndarray | None = None,
-    direct_logged: np.ndarray | None = None,
-    alpha: float = 0.05,
-) -> dict[str, Any]:
-    """IPS, SNIPS and (with a reward model) doubly robust values of a target policy, each with a
-    normal-approximation interval from its per-row terms (SNIPS through its linearisation).
-
-    `direct_target` is the reward model's expected reward of the target policy's action(s) per row
-    (its average over the policy's actions); `direct_logged` its prediction for the logged action.
-    """
-    reward = np.asarray(reward, dtype=float)
-    weight = np.asarray(target_probability, dtype=float) / np.asarray(logged_propensity, dtype=float)
-    n = reward.size
-    if n == 0:
-        raise ValueError("no logged rows to estimate from")
-    z = float(stats.norm.ppf(1 - alpha / 2))
-
-    def summary(terms: np.ndarray, value: float | None = None) -> dict[str, Any]:
-        centre = float(terms.mean()) if value is None else value
-        half = z * float(terms.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
-        return {"value": centre, "ci": [centre - half, centre + half] if np.isfinite(half) else None}
-
-    result: dict[str, Any] = {"rows": int(n), "ips": summary(weight * reward)}
-    mean_weight = float(weight.mean())
-    if mean_weight > 0:
-        snips = float((weight * reward).sum() / weight.sum())
-        result["snips"] = summary(weight * (reward - snips) / mean_weight + snips, snips)
-    else:
-        result["snips"] = None  # the target policy never takes a logged action
-    if direct_target is not None and direct_logged is not None:
-        terms = np.asarray(direct_target, dtype=float) + weight * (
-            reward - np.asarray(direct_logged, dtype=float)
-        )
-        result["dr"] = summary(terms)
-    else:
-        result["dr"] = None
-    square = float((weight**2).sum())
-    result["effective_rows"] = float(weight.sum() ** 2 / square) if square > 0 else 0.0
-    return result
+from pushplan.windows import QuietHours, window_slots
+from reports.campaign_log import CampaignLog
+from reports.statistics import compare_rates
+from training.off_policy import estimates
 
 
 def campaign_policy_values(

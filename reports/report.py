@@ -2,7 +2,7 @@
 JSON-ready dict that the HTML page, the API and the CLI all render.
 
 Two sources give the same report shape (`outcomes`, `srm`, `segments`, `uplift`, `headline`):
-- `campaign_report`: a pushplan campaign, read from its plan items and events (training.campaign_log),
+- `campaign_report`: a pushplan campaign, read from its plan items and events (reports.campaign_log),
   with the funnel, the breakdowns by variant, local send hour and channel, and policy values;
 - `experiment_log_report`: any experiment log with one row per user, its arm and its outcomes.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pushplan.settings import Settings
-from training.campaign_log import (
+from reports.campaign_log import (
     CAMPAIGN_ARM,
     DEFAULT_HORIZON,
     HOLDOUT_ARM,
@@ -27,7 +27,8 @@ from training.campaign_log import (
     funnel,
     load_campaign_log,
 )
-from training.experiment import (
+from reports.policy_value import campaign_policy_values
+from reports.statistics import (
     Kind,
     arm_labels,
     compare_arms,
@@ -35,8 +36,7 @@ from training.experiment import (
     outcome_kind,
     sample_ratio_check,
 )
-from training.policy_value import campaign_policy_values
-from training.uplift import uplift_analysis
+from reports.uplift import uplift_analysis
 
 REPORT_VERSION = 1
 # More values than this is a continuous column, not a segment: hundreds of tiny segments are noise.

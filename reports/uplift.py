@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from training.experiment import segment_labels, segment_order
+from reports.statistics import segment_labels, segment_order
 
 Predictor = Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]]
 _Model = Callable[[pd.DataFrame], np.ndarray]

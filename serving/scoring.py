@@ -16,7 +16,7 @@ import pandas as pd
 from pushplan.domain import VARIANT_TAGS
 from pushplan.settings import Settings
 from training.frames import CATEGORIES, HOUR_VECTORS, timezone_group, variant_features
-from training.pipeline import predict
+from training.inference import predict, trained_service
 from training.specs import SEND_HOUR, SPECS, VARIANT
 from training.tracking import CHAMPION, champion_version, configure
 
@@ -31,6 +31,8 @@ class ModelSet:
     settings: Settings
     models: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    # The Feast feature service each model is served with: the one its champion was trained with.
+    services: dict[str, str] = field(default_factory=lambda: {n: s.feature_service for n, s in SPECS.items()})
     checked_at: float = 0.0
     _scorers: dict[str, tuple[Any, Scorer | None]] = field(default_factory=dict, repr=False)
 
@@ -54,9 +56,11 @@ class ModelSet:
                 continue
             if current is None:
                 self.models.pop(name, None)
+                self.services[name] = spec.feature_service
                 log.warning("no champion for %s: planning with population heuristics", spec.registered_name)
             else:
                 self.models[name] = mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}")
+                self.services[name] = trained_service(spec, current)
             self.versions[name] = version
             changed.append(name)
         return changed
@@ -151,7 +155,7 @@ TAG_MATCH_COLUMNS = ("tag_affinity_mean", "tag_affinity_max", "variant_tag_count
 @dataclass(frozen=True)
 class Scorer:
     """A logged Pipeline (FeatureFrame → LGBMClassifier) as arrays: the same numbers as
-    `training.pipeline.predict`, without building a pandas frame per call.
+    `training.inference.predict`, without building a pandas frame per call.
 
     `encode` lays the FeatureFrame's inputs out as the booster's float matrix (hour vectors as 24
     columns, categories as their codes in the fixed CATEGORIES, missing or unknown as NaN: what

@@ -9,15 +9,15 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from training.report import headline_text
+from reports.report import headline_text
 
 CONTROL_COLOUR, ARM_COLOUR, GREY = "#8a94a6", "#2f6fd0", "#b8c0cc"
 
 
 def render_html(report: Mapping[str, Any]) -> str:
-    """The page for a report made by training.report (campaign or experiment log)."""
+    """The page for a report made by reports.report (campaign or experiment log)."""
     environment = Environment(
-        loader=PackageLoader("training", "templates"), autoescape=select_autoescape(["html", "j2"])
+        loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"])
     )
     template = environment.get_template("report.html.j2")
     return template.render(

@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from dispatch.plan_store import PlanItemRow, PlanStore
 from features.event_store import EventStore
 from pushplan.clock import local_clock
-from pushplan.domain import Campaign, Decision, EventType, Reason
+from pushplan.db.schema import PlanItemRow
+from pushplan.db.store import PlanStore
+from pushplan.domain import Campaign, Decision, EventType, NoSuchCampaign, Reason
 from pushplan.settings import Settings
 
 CAMPAIGN_ARM, HOLDOUT_ARM = "campaign", "holdout"
@@ -58,10 +59,6 @@ FEATURE_REFS = (
     "user_fatigue:clicks_30d",
 )
 USER_ATTRIBUTES = ("platform", "country", "timezone")
-
-
-class NoSuchCampaign(LookupError):
-    pass
 
 
 class NothingToReport(ValueError):

@@ -1,0 +1,1 @@
+"""The application's database: schema, engine, migrations and a repository per aggregate."""

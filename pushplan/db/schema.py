@@ -1,0 +1,151 @@
+"""The application's database schema (SQLAlchemy ORM): campaigns, plan items, the local profile's send
+ledger and suppression list, dispatch's event outbox, plan jobs and API keys.
+
+The schema is owned by the Alembic migrations beside it (`pushplan/db/migrations`), applied by
+`pushplan.db.engine.migrate`; these classes mirror the latest migration.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+
+    campaign_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(500))
+    status: Mapped[str] = mapped_column(sa.String(20), default="active")
+    dispatch_state: Mapped[str] = mapped_column(sa.String(12), default="idle")  # DispatchState
+    spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class PlanItemRow(Base):
+    __tablename__ = "plan_items"
+    __table_args__ = (
+        sa.UniqueConstraint("campaign_id", "user_id", name="uq_plan_items_campaign_user"),
+        # The due-scan's two questions (migration 0004): due sends, and lapsed leases.
+        sa.Index(
+            "ix_plan_items_due",
+            "send_at",
+            "plan_id",
+            postgresql_where=sa.text("state = 'planned' AND decision = 'send'"),
+            sqlite_where=sa.text("state = 'planned' AND decision = 'send'"),
+        ),
+        sa.Index(
+            "ix_plan_items_queued_lease",
+            "lease_until",
+            postgresql_where=sa.text("state = 'queued'"),
+            sqlite_where=sa.text("state = 'queued'"),
+        ),
+    )
+
+    plan_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("campaigns.campaign_id"), index=True)
+    user_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    decision: Mapped[str] = mapped_column(sa.String(10))
+    reason: Mapped[str | None] = mapped_column(sa.String(20))
+    channel: Mapped[str | None] = mapped_column(sa.String(20))
+    variant_id: Mapped[str | None] = mapped_column(sa.String(200))
+    send_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    local_send_at: Mapped[str | None] = mapped_column(sa.String(40))
+    p_click: Mapped[float | None] = mapped_column(sa.Float)
+    expected_uplift: Mapped[float | None] = mapped_column(sa.Float)
+    propensity: Mapped[float | None] = mapped_column(sa.Float)
+    model_variant_id: Mapped[str | None] = mapped_column(sa.String(200))
+    model_send_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    model_versions: Mapped[dict[str, str]] = mapped_column(sa.JSON)
+    state: Mapped[str] = mapped_column(sa.String(12), index=True)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
+    detail: Mapped[str | None] = mapped_column(sa.String(500))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    fallback_step: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # Dispatch's fencing token: the due-scan writes a new one each time it hands the item to a task,
+    # and only the task holding the current one may record what happened (dispatch.sending).
+    claim: Mapped[str | None] = mapped_column(sa.String(36))
+    lease_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    opened_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class CapLedgerRow(Base):
+    """The `local` profile's frequency-cap ledger: one row per reserved send (dispatch.ledger)."""
+
+    __tablename__ = "cap_ledger"
+
+    send_id: Mapped[str] = mapped_column(sa.String(48), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    campaign_id: Mapped[str] = mapped_column(sa.String(200), index=True)
+    channel: Mapped[str] = mapped_column(sa.String(20))
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # reserved (its call may be under way), sent or unknown: the call's outcome, durable before the
+    # next call starts (migration 0006; rows from before it are sends already made).
+    status: Mapped[str] = mapped_column(sa.String(8), default="reserved")
+
+
+class SuppressionRow(Base):
+    """The `local` profile's suppression list: a user's latest opt-out or opt-in per channel ("*": all),
+    checked in the same transaction as the caps (dispatch.ledger)."""
+
+    __tablename__ = "suppressions"
+
+    user_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    channel: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    opted_out: Mapped[bool] = mapped_column(sa.Boolean)
+
+
+class DispatchEventRow(Base):
+    """Events dispatch owes the event store, written in the same transaction as the send's record
+    (an outbox), and flushed to the event store by a periodic task: none is lost if a worker dies."""
+
+    __tablename__ = "dispatch_events"
+
+    event_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(200))
+    event_type: Mapped[str] = mapped_column(sa.String(20))
+    timestamp: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    campaign_id: Mapped[str | None] = mapped_column(sa.String(200))
+    variant_id: Mapped[str | None] = mapped_column(sa.String(200))
+    channel: Mapped[str | None] = mapped_column(sa.String(20))
+    propensity: Mapped[float | None] = mapped_column(sa.Float)
+    flushed: Mapped[bool] = mapped_column(sa.Boolean, default=False, index=True)
+
+
+class PlanJobRow(Base):
+    """A whole-audience plan, partitioned into Celery tasks (serving.plan_jobs)."""
+
+    __tablename__ = "plan_jobs"
+
+    job_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("campaigns.campaign_id"))
+    state: Mapped[str] = mapped_column(sa.String(12))
+    partitions: Mapped[int] = mapped_column(sa.Integer)
+    partitions_done: Mapped[int] = mapped_column(sa.Integer)
+    users: Mapped[int] = mapped_column(sa.Integer)
+    users_planned: Mapped[int] = mapped_column(sa.Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    error: Mapped[str | None] = mapped_column(sa.String(2000))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64))
+    role: Mapped[str] = mapped_column(sa.String(20))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(sa.Boolean)

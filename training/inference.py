@@ -1,0 +1,45 @@
+"""What serving needs of the trained models, without the fitting side (LightGBM training, Optuna,
+the datasets): predictions from a loaded pipeline, champions loaded by alias from MLflow's registry,
+and the Feast feature service each champion was trained with, which serving must read it through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pushplan.clock import smooth_hours
+from pushplan.settings import Settings
+from training.specs import ModelSpec
+from training.tracking import CHAMPION, champion_version, configure
+
+
+def predict(spec: ModelSpec, model: Any, rows: pd.DataFrame) -> np.ndarray:
+    """p(label=1) for binary specs; a (rows × 24) matrix of hour probabilities for the send-hour spec."""
+    proba = model.predict_proba(rows)
+    if spec.n_classes == 2:
+        return np.asarray(proba[:, 1])
+    full = np.zeros((len(rows), 24))
+    full[:, np.asarray(model.classes_, dtype=int)] = proba
+    return full
+
+
+def choose_hours(proba: np.ndarray) -> np.ndarray:
+    """The local send hour for each row of a (rows × 24) hour-probability matrix (any hour allowed)."""
+    return smooth_hours(proba).argmax(axis=1)
+
+
+def load_champion(spec: ModelSpec, settings: Settings) -> Any | None:
+    client = configure(settings)
+    if champion_version(client, spec.registered_name) is None:
+        return None
+    return mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}")
+
+
+def trained_service(spec: ModelSpec, version: Any) -> str:
+    """The feature service a registered version was trained with (its `feature_service` tag, set by
+    training.pipeline.train), else the spec's own: a `variant_v2` champion is served v2 features."""
+    tags = getattr(version, "tags", None) or {}
+    return str(tags.get("feature_service") or spec.feature_service)
