@@ -169,25 +169,29 @@ local function settle(user_key, send_key, campaign_key, send_id, outcome)
 end
 """
 
-# KEYS[5..7] and ARGV[12..13], when given: a previous send's keys, its id and outcome, settled first,
+# ARGV: the send id, the channel, and the nine numbers in one space-separated string (one argument
+# for redis-py to pack instead of nine: per send, that packing was most of the client's cost):
+# the send's epoch seconds, its local day's start and end, the caps per channel per day and per week,
+# per user per day, the minimum gap in seconds, the campaign total (-1: none), the retention.
+# KEYS[5..7] and ARGV[4..5], when given: a previous send's keys, its id and outcome, settled first,
 # so one call per send makes the last call's outcome durable before the next call starts.
 RESERVE_LUA = (
     SETTLE_FUNCTION
     + """
-if #KEYS > 4 then settle(KEYS[5], KEYS[6], KEYS[7], ARGV[12], ARGV[13]) end
+if #KEYS > 4 then settle(KEYS[5], KEYS[6], KEYS[7], ARGV[4], ARGV[5]) end
 local user_key, send_key, campaign_key, optout_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local send_id, channel = ARGV[1], ARGV[2]
-local at, day_start, day_end = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local per_channel_day, per_channel_week = tonumber(ARGV[6]), tonumber(ARGV[7])
-local per_user_day, gap = tonumber(ARGV[8]), tonumber(ARGV[9])
-local total, ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
+local n = {}
+for x in string.gmatch(ARGV[3], '%S+') do n[#n + 1] = tonumber(x) end
+local at, day_start, day_end = n[1], n[2], n[3]
+local per_channel_day, per_channel_week, per_user_day, gap = n[4], n[5], n[6], n[7]
+local total, ttl = n[8], n[9]
 local week = 604800
 -- Numbers as bounds keep all their digits (a Lua number turned into a string keeps only 14).
 local function bound(x, open) return string.format(open and '(%.17g' or '%.17g', x) end
 -- The latest of the channel's and the all-channels' entries decides; at a tie, the opt-out.
 local latest, out = -math.huge, false
-for _, field in ipairs({channel, '*'}) do
-  local entry = redis.call('HGET', optout_key, field)
+for _, entry in ipairs(redis.call('HMGET', optout_key, channel, '*')) do
   if entry then
     local t, flag = string.match(entry, '^(%S+) (%d)$')
     t = tonumber(t)
@@ -316,9 +320,7 @@ class RedisLedger:
     def _reserve_call(self, request: Reservation) -> tuple[list[str], list[Any]]:
         start, end = local_day_bounds(request.at, request.zone)
         cap = request.cap
-        return [*self._keys(request), self._optout_key(request.user_id)], [
-            request.send_id,
-            request.channel,
+        numbers = (
             request.at.timestamp(),
             start.timestamp(),
             end.timestamp(),
@@ -328,6 +330,12 @@ class RedisLedger:
             cap.min_gap.total_seconds(),
             -1 if cap.campaign_total is None else cap.campaign_total,
             self.ttl,
+        )
+        # repr: a float's shortest text that reads back to the same float.
+        return [*self._keys(request), self._optout_key(request.user_id)], [
+            request.send_id,
+            request.channel,
+            " ".join(map(repr, numbers)),
         ]
 
     def _settle_into(self, pipe: Any, settlements: Sequence[Settlement]) -> None:

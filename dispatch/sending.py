@@ -355,6 +355,8 @@ class _SendStep:
         self.outcomes: dict[str, str] = {}  # plan_id -> what ChunkResult counts
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.to_settle: list[Settlement] = []  # the last call's outcome, until the next round trip
+        self._campaign_ids: list[str] | None = None
+        self._adapters: dict[str, ChannelAdapter | str] = {}
 
     def record(self, plan_id: str, outcome: str, values: dict[str, Any]) -> None:
         self.updates.add(plan_id, **values)
@@ -407,13 +409,17 @@ class _SendStep:
             if item.plan_id not in held:
                 continue  # another step holds it now (its lease lapsed): it is theirs to send
             at = self.clock()
-            if at - item.message.sent_at > timedelta(seconds=1):
+            moved = at - item.message.sent_at > timedelta(seconds=1)
+            if moved:
                 item = _retimed(item, at)
             state = states.get(item.reservation.campaign_id, DispatchState.cancelled)
-            if self.stopped(item, state, at, in_doubt=item.in_doubt):
+            # The window and quiet hours were checked at the chunk's start; again only once time moved.
+            if (moved or state is not DispatchState.running) and self.stopped(
+                item, state, at, in_doubt=item.in_doubt
+            ):
                 continue
             try:  # before any reservation: a message that cannot be built fails alone, reserving nothing
-                adapter = _adapter(settings, item.message.channel)
+                adapter = self._adapter(item.message.channel)
                 message = _addressed(settings, item.message)
                 why = "not_configured"
             except Exception as exc:
@@ -432,6 +438,12 @@ class _SendStep:
                 self.to_settle.append(Settlement(item.reservation, outcome))
         ledger.settle(self.to_settle)
         self.to_settle = []
+
+    def _adapter(self, channel: str) -> ChannelAdapter | str:
+        """The channel's adapter (or why there is none), looked up once per chunk."""
+        if channel not in self._adapters:
+            self._adapters[channel] = _adapter(self.settings, channel)
+        return self._adapters[channel]
 
     def settle_best_effort(self) -> None:
         """After a failure mid-chunk: the last call's outcome, if the ledger can still take it."""
@@ -507,13 +519,19 @@ class _SendStep:
 
     def _campaign_states(self) -> dict[str, DispatchState]:
         """The chunk's campaigns' dispatch states now: a pause or cancel is seen within RECHECK sends."""
-        ids = {p.reservation.campaign_id for p in self.pending}
-        with self.store.session() as session:
-            rows = session.execute(
-                sa.select(CampaignRow.campaign_id, CampaignRow.dispatch_state).where(
-                    CampaignRow.campaign_id.in_(ids)
-                )
-            ).all()
+        if self._campaign_ids is None:
+            self._campaign_ids = sorted({p.reservation.campaign_id for p in self.pending})
+        query = sa.select(CampaignRow.campaign_id, CampaignRow.dispatch_state).where(
+            CampaignRow.campaign_id.in_(self._campaign_ids)
+        )
+        engine = self.store.engine
+        if engine.dialect.name == "postgresql":
+            # One read, no transaction around it: a round trip instead of three, every 20 sends.
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                rows = connection.execute(query).all()
+        else:  # SQLite: the store's sessions, whose transactions the engine begins its own way
+            with self.store.session() as session:
+                rows = session.execute(query).all()
         return {campaign_id: DispatchState(state) for campaign_id, state in rows}
 
     def _lease_running_out(self) -> bool:
