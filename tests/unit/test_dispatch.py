@@ -135,6 +135,20 @@ def test_a_send_in_doubt_is_called_again_only_on_a_channel_that_dedupes(
         )  # sent, delivered
 
 
+def _webhook_send_killed_mid_chunk(
+    store: PlanStore, settings: Settings, monkeypatch: pytest.MonkeyPatch, settled: Settle | None
+) -> Scripted:
+    """One webhook send (a channel that does not dedupe) called by a worker that then died; its lease
+    lapsed. The channel, to count calls on."""
+    channel = Scripted(["ok"] * 3)
+    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
+    c = campaign("c1", START, channels=["webhook"])
+    store_campaign(store, c, send_items(c, ["a"], [START]))
+    control(store, "c1", "dispatch")
+    _killed_mid_chunk(store, settings, c, settle=settled)
+    return channel
+
+
 @pytest.mark.parametrize(
     ("settled", "state", "reason", "ledger_status"),
     [
@@ -153,12 +167,7 @@ def test_a_send_a_killed_worker_called_on_a_channel_that_does_not_dedupe_is_neve
     reason: str | None,
     ledger_status: str,
 ) -> None:
-    channel = Scripted(["ok"] * 3)
-    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
-    c = campaign("c1", START, channels=["webhook"])
-    store_campaign(store, c, send_items(c, ["a"], [START]))
-    control(store, "c1", "dispatch")
-    _killed_mid_chunk(store, settings, c, settle=settled)
+    channel = _webhook_send_killed_mid_chunk(store, settings, monkeypatch, settled)
     assert len(channel.calls) == 1
     (again,) = scan_due(store, settings, as_of=START)
     counts = send_chunk(store, settings, again.plan_ids, again.claim, START).counts
@@ -532,12 +541,7 @@ def test_a_send_that_went_before_its_worker_died_is_never_recorded_as_cancelled(
 ) -> None:
     """The campaign was cancelled while the killed worker's chunk waited for its lease: what the ledger
     says went (or may have gone) is recorded as that, not as cancelled."""
-    channel = Scripted(["ok"] * 3)
-    monkeypatch.setattr(sending, "adapter_for", lambda _settings, _channel: channel)
-    c = campaign("c1", START, channels=["webhook"])
-    store_campaign(store, c, send_items(c, ["a"], [START]))
-    control(store, "c1", "dispatch")
-    _killed_mid_chunk(store, settings, c, settle=settled)
+    channel = _webhook_send_killed_mid_chunk(store, settings, monkeypatch, settled)
     (again,) = scan_due(store, settings, as_of=START)
     control(store, "c1", "cancel")
     send_chunk(store, settings, again.plan_ids, again.claim, START)
