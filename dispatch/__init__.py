@@ -1,1 +1,1 @@
-"""Dispatch: Celery tasks that execute plans under frequency caps (arrives with the dispatch issue)."""
+"""Dispatch: the Celery app and the send step that executes plans under caps, opt-outs and control."""

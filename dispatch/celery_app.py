@@ -63,6 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "dispatch.tasks.flush_events_task": {"queue": "scans"},
             "dispatch.tasks.send_chunk_task": {"queue": "sends"},
             "serving.tasks.plan_partition_task": {"queue": "plans"},
+            "dispatch.tasks.plan_partition_task": {"queue": "plans"},  # its name before it moved
         },
         "beat_schedule": {
             "due-scan": {"task": "dispatch.tasks.due_scan_task", "schedule": settings.dispatch_scan_seconds},

@@ -38,10 +38,10 @@ from features.event_store import EventStore
 from features.simulator.population import Population, recent_send_counts, tag_matrix
 from features.store import feature_store
 from pushplan.notebook import demo_settings
-from reports.policy_value import estimates
 from training.datasets import build_split
 from training.evaluation import best_variant
 from training.inference import load_champion, predict
+from training.off_policy import estimates
 from training.pipeline import EVAL_DAYS, EXPLORED_HOURS
 from training.specs import SPECS
 

@@ -1,3 +1,4 @@
-"""pushplan: self-hosted push personalisation. The shared kernel: settings, domain types, the CLI."""
+"""pushplan: self-hosted push personalisation. The kernel: settings, domain types, caps, windows, the clock,
+the database (docs/architecture.md)."""
 
 __version__ = "0.1.0"

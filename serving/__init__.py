@@ -1,1 +1,1 @@
-"""Serving: the FastAPI plan service and the planner (arrives with the serving issue)."""
+"""Serving: the planner, audiences and their scores, the one plan path, plan jobs, the FastAPI service."""

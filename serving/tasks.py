@@ -21,3 +21,10 @@ def plan_partition_task(job_id: str, partition: int) -> int:
 
     settings = get_settings()
     return plan_partition(_store(settings), settings, job_id, partition)
+
+
+# The name this task had while plan jobs lived in dispatch: partitions an older deployment queued
+# still run after an upgrade, instead of arriving as an unregistered task and stalling their job.
+app.task(name="dispatch.tasks.plan_partition_task", acks_late=True, ignore_result=True)(
+    plan_partition_task.run
+)

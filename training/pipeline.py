@@ -267,7 +267,7 @@ def _register(client: MlflowClient, name: str, info: Any, run_id: str) -> int:
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
     made = client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
     return int(made.version)

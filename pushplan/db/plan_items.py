@@ -125,7 +125,7 @@ class PlanItemRepository:
     def held_sends(self, campaign: Campaign, user_ids: list[str] | None = None) -> pd.DataFrame:
         """Other campaigns' sends that count against caps near `campaign`'s window (HELD_COLUMNS).
 
-        `priority` and `value` say what each is worth (serving.planner.item_value); `movable` is
+        `priority` and `value` say what each is worth (pushplan.caps.item_value); `movable` is
         whether planning may still displace it (only `planned` items: queued ones are dispatch's).
         """
         query = (
