@@ -169,6 +169,18 @@ local function settle(user_key, send_key, campaign_key, send_id, outcome)
 end
 """
 
+# A suppression-list entry is "<epoch seconds> <1 opted out|0 in>"; `newer` is SqlLedger's `_newer`:
+# a later change wins, and at a tie the opt-out.
+OPT_FUNCTIONS = """
+local function opt_entry(text)
+  local t, flag = string.match(text, '^(%S+) (%d)$')
+  return tonumber(t), flag == '1'
+end
+local function newer(t, out, than_t, than_out)
+  return t > than_t or (t == than_t and out and not than_out)
+end
+"""
+
 # ARGV: the send id, the channel, and the nine numbers in one space-separated string (one argument
 # for redis-py to pack instead of nine: per send, that packing was most of the client's cost):
 # the send's epoch seconds, its local day's start and end, the caps per channel per day and per week,
@@ -177,6 +189,7 @@ end
 # so one call per send makes the last call's outcome durable before the next call starts.
 RESERVE_LUA = (
     SETTLE_FUNCTION
+    + OPT_FUNCTIONS
     + """
 if #KEYS > 4 then settle(KEYS[5], KEYS[6], KEYS[7], ARGV[4], ARGV[5]) end
 local user_key, send_key, campaign_key, optout_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -189,13 +202,12 @@ local total, ttl = n[8], n[9]
 local week = 604800
 -- Numbers as bounds keep all their digits (a Lua number turned into a string keeps only 14).
 local function bound(x, open) return string.format(open and '(%.17g' or '%.17g', x) end
--- The latest of the channel's and the all-channels' entries decides; at a tie, the opt-out.
+-- The latest of the channel's and the all-channels' entries decides.
 local latest, out = -math.huge, false
 for _, entry in ipairs(redis.call('HMGET', optout_key, channel, '*')) do
   if entry then
-    local t, flag = string.match(entry, '^(%S+) (%d)$')
-    t = tonumber(t)
-    if t > latest or (t == latest and flag == '1') then latest, out = t, flag == '1' end
+    local t, o = opt_entry(entry)
+    if newer(t, o, latest, out) then latest, out = t, o end
   end
 end
 local known = redis.call('GET', send_key)
@@ -256,17 +268,18 @@ return 'reserved'
 SETTLE_LUA = SETTLE_FUNCTION + "return settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])"
 
 # KEYS: the user's suppression list; ARGV: the channel (or "*"), epoch seconds, 1 opted out | 0 in.
-SUPPRESS_LUA = """
+SUPPRESS_LUA = (
+    OPT_FUNCTIONS
+    + """
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if entry then
-  local t, flag = string.match(entry, '^(%S+) (%d)$')
-  t = tonumber(t)
-  local at = tonumber(ARGV[2])
-  if t > at or (t == at and flag == '1') then return 0 end
+  local t, o = opt_entry(entry)
+  if not newer(tonumber(ARGV[2]), ARGV[3] == '1', t, o) then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
 return 1
 """
+)
 
 
 class RedisLedger:

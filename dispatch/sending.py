@@ -244,6 +244,10 @@ def _held_back(now: datetime) -> dict[str, Any]:
     return {"state": ItemState.planned.value, "claim": None, "lease_until": None, "updated_at": now}
 
 
+# Why a send is recorded `unknown` without a call: an earlier attempt reserved it, then its worker died.
+MAY_HAVE_GONE = "an earlier attempt's call may have delivered"
+WAS_UNDER_WAY = "an earlier attempt's call was under way when its worker stopped"
+
 # One more channel call made: the same expression object for every row, so the rows still group.
 ONE_MORE_ATTEMPT = PlanItemRow.attempts + 1
 
@@ -306,7 +310,7 @@ def send_chunk(
         if held_over is Verdict.sent:
             step.sent(item)
         elif held_over is Verdict.unknown:
-            step.unknown(item, "an earlier attempt's call may have delivered")
+            step.unknown(item, MAY_HAVE_GONE)
         elif not step.stopped(
             item, campaigns[row.campaign_id][1], at, in_doubt=held_over is Verdict.in_doubt
         ):
@@ -374,23 +378,19 @@ class _SendStep:
         window over, quiet hours in the user's zone. A send in doubt is never recorded as any of
         those (its call may have gone): it is `unknown`."""
         zone = item.reservation.zone
+        local = at.astimezone(ZoneInfo(zone))
         if state is DispatchState.cancelled:
             why = (ItemState.cancelled, Reason.cancelled, "the campaign was cancelled")
         elif state is not DispatchState.running:
             why = None  # paused: back to planned, for the scan to hand out after resume
         elif at >= item.window_end:
             why = (ItemState.suppressed, Reason.expired, f"window ended {item.window_end}")
-        elif self.quiet[at.astimezone(ZoneInfo(zone)).hour]:
-            why = (
-                ItemState.suppressed,
-                Reason.quiet_hours,
-                f"{at.astimezone(ZoneInfo(zone)):%H:%M} local in {zone}",
-            )
+        elif self.quiet[local.hour]:
+            why = (ItemState.suppressed, Reason.quiet_hours, f"{local:%H:%M} local in {zone}")
         else:
             return False
         if in_doubt:
-            self.unknown(item, "an earlier attempt's call was under way when its worker stopped")
-            self.to_settle.append(Settlement(item.reservation, Settle.unknown))
+            self.give_up_in_doubt(item, WAS_UNDER_WAY)
         elif why is None:
             self.record(item.plan_id, "held_back", _held_back(self.now))
         else:
@@ -426,8 +426,7 @@ class _SendStep:
                 adapter, message, why = f"{type(exc).__name__}: {exc}", item.message, "error"
             if isinstance(adapter, str):
                 if item.in_doubt:
-                    self.unknown(item, f"in doubt, and its channel cannot be called now: {adapter}")
-                    self.to_settle.append(Settlement(item.reservation, Settle.unknown))
+                    self.give_up_in_doubt(item, f"in doubt, and its channel cannot be called now: {adapter}")
                 else:
                     self._failed(item, Outcome(item.message.send_id, ok=False, reason=why, detail=adapter))
                 continue
@@ -467,11 +466,11 @@ class _SendStep:
             self.sent(item)
             return None
         if verdict is Verdict.unknown:
-            self.unknown(item, "an earlier attempt's call may have delivered")
+            self.unknown(item, MAY_HAVE_GONE)
             return None
         if verdict is Verdict.in_doubt and not adapter.dedupes:
-            self.unknown(item, "an earlier attempt's call was under way when its worker stopped")
-            return Settle.unknown
+            self.give_up_in_doubt(item, WAS_UNDER_WAY)
+            return None
         outcome = _call(adapter, message)
         if outcome.ok:
             self.sent(item, attempted=True)
@@ -498,6 +497,11 @@ class _SendStep:
     def unknown(self, item: _Pending, detail: str, *, attempted: bool = False) -> None:
         more = {"attempts": ONE_MORE_ATTEMPT} if attempted else {}
         self.finish(item.plan_id, ItemState.unknown, Reason.outcome_unknown, detail, **more)
+
+    def give_up_in_doubt(self, item: _Pending, detail: str) -> None:
+        """A send in doubt that will not be called again: `unknown` here and in the ledger."""
+        self.unknown(item, detail)
+        self.to_settle.append(Settlement(item.reservation, Settle.unknown))
 
     def _failed(self, item: _Pending, outcome: Outcome) -> None:
         attempts = item.attempts  # this call included
