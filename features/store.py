@@ -34,7 +34,7 @@ from feast.data_source import PushMode
 
 from features.feature_repo import definitions
 from features.feature_repo.transforms import epoch_seconds, request_context_features
-from features.tables import TABLES, table_path
+from features.tables import HABIT_VECTORS, TABLES, table_path
 from pushplan.domain import VARIANT_TAGS, EventType
 from pushplan.settings import Profile, Settings
 
@@ -199,6 +199,8 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "last_click_epoch_s": math.nan,
         **{f"affinity_{tag}": base.get(f"affinity_{tag}", 0.0) for tag in VARIANT_TAGS},
         "tagged_sends": 0.0,
+        **{column: [0.0] * 24 for column in HABIT_VECTORS},
+        "habit_events": 0.0,
     }
 
 

@@ -29,8 +29,24 @@ ACTIVITY = (EventType.app_open, EventType.purchase)
 PUSH_ENGAGEMENT = (EventType.push_opened, EventType.push_clicked)
 ACTIVE = (*ACTIVITY, *PUSH_ENGAGEMENT, EventType.converted)
 RFM_WINDOW_DAYS = 90
-TABLES = ("user_profile", "user_engagement", "user_rfm", "user_fatigue", "user_tag_affinity")
+# What the send-hour model learns from (training.datasets.ENGAGEMENT): the hours a user engages in.
+HABIT = (*ACTIVITY, *PUSH_ENGAGEMENT)
+TABLES = (
+    "user_profile",
+    "user_engagement",
+    "user_rfm",
+    "user_fatigue",
+    "user_tag_affinity",
+    "user_hour_habits",
+)
 NS_PER_DAY = 86_400 * 10**9
+HABIT_VECTORS = (
+    "hours_weekday_recent",
+    "hours_weekend_recent",
+    "hours_purchase_recent",
+    "hours_push_recent",
+    "hours_all_time",
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ def build_feature_tables(settings: Settings, *, progress: bool = False) -> Build
         ("user_rfm", lambda g: _rfm(g, settings)),
         ("user_fatigue", _fatigue),
         ("user_tag_affinity", lambda g: _tag_affinity(g, settings, tags_of)),
+        ("user_hour_habits", lambda g: _hour_habits(g, settings)),
     ]
     if events.empty:
         raise ValueError("the event store holds no events: import some first (pushplan events import)")
@@ -157,6 +174,15 @@ class _Grid:
         np.add.at(counts, index, 1.0)
         return counts
 
+    def daily_hours(self, kinds: tuple[EventType, ...], weekend: bool | None = None) -> np.ndarray:
+        """Event counts per (user, day, local hour), of weekend days or weekdays only if `weekend` says."""
+        chosen = self.of(kinds)
+        if weekend is not None:
+            chosen = chosen[chosen["weekend"] == weekend]
+        counts = np.zeros((self.n_users, self.n_days, 24), dtype=np.float32)
+        np.add.at(counts, (chosen["u"].to_numpy(), chosen["d"].to_numpy(), chosen["hour"].to_numpy()), 1.0)
+        return counts
+
     def last_at(self, kinds: tuple[EventType, ...]) -> np.ndarray:
         """Per (user, day): the latest event time (ns since epoch) up to that day's end, or -1."""
         chosen = self.of(kinds)
@@ -186,6 +212,19 @@ def trailing(daily: np.ndarray, window: int) -> np.ndarray:
     shifted = np.zeros_like(total)
     shifted[:, window:] = total[:, :-window]
     return (total - shifted).astype(np.float32)
+
+
+def decayed(daily: np.ndarray, half_life_days: float) -> np.ndarray:
+    """Sums over all days up to and including the current one, each day weighing half as much every
+    `half_life_days` days back: a habit fades rather than falling out of a window, so a rider back
+    after a winter's closure still has last summer's hours. Days are axis 1."""
+    keep = 0.5 ** (1.0 / half_life_days)
+    out = np.empty_like(daily, dtype=np.float32)
+    running = np.zeros_like(daily[:, 0], dtype=np.float64)
+    for day in range(daily.shape[1]):
+        running = running * keep + daily[:, day]
+        out[:, day] = running
+    return out
 
 
 def smoothed_shares(counts: np.ndarray, prior_events: float) -> np.ndarray:
@@ -260,6 +299,20 @@ def _engagement(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
         ),
         "activity_events": totals,
         "push_engagements": push.sum(axis=2),
+    }
+
+
+def _hour_habits(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
+    """Each user's engagement by local hour as counts (not shares), so a model sees how much history
+    stands behind a habit: recency-weighted on weekdays and on weekend days, by kind, and all time."""
+    half_life = settings.habit_half_life_days
+    return {
+        "hours_weekday_recent": decayed(grid.daily_hours(HABIT, weekend=False), half_life),
+        "hours_weekend_recent": decayed(grid.daily_hours(HABIT, weekend=True), half_life),
+        "hours_purchase_recent": decayed(grid.daily_hours((EventType.purchase,)), half_life),
+        "hours_push_recent": decayed(grid.daily_hours(PUSH_ENGAGEMENT), half_life),
+        "hours_all_time": np.cumsum(grid.daily_hours(HABIT), axis=1, dtype=np.float32),
+        "habit_events": np.cumsum(grid.daily(HABIT), axis=1, dtype=np.float32),
     }
 
 

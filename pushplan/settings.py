@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         description="How many events' worth of the population's by-hour shares a user's own shares are "
         "smoothed toward: a user with little history looks like the population.",
     )
+    habit_half_life_days: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="Half-life of the recency weighting behind the hour-habit features: an event this "
+        "many days old counts half as much as today's.",
+    )
     affinity_prior_clicks: float = Field(
         default=10.0,
         ge=0.0,

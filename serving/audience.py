@@ -71,7 +71,10 @@ def build_audience(
     )
     variant_features = service_features(store, settings, services[VARIANT.name], user_ids, stored, request)
     variant_scores = models.variant_scores(
-        variant_features, [(v.title, list(v.tags)) for v in campaign.variants]
+        variant_features,
+        [(v.title, list(v.tags)) for v in campaign.variants],
+        [v.variant_id for v in campaign.variants],
+        user_ids,
     )
     return Audience(users, hour_scores, variant_scores, dict(models.versions))
 

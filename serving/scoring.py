@@ -1,5 +1,8 @@
-"""The three models as serving uses them: loaded by the MLflow alias `champion`, reloaded when it moves,
-and replaced by population heuristics when a model is missing (said in `versions` and readiness)."""
+"""The three models as serving uses them: loaded by the MLflow alias `champion`, reloaded when it moves.
+
+Without a champion, a model is replaced by the simple rule its last training run found best
+(`rule:user_mode_hour` in `versions` and readiness: training.baselines), or, never trained, by
+population heuristics (`heuristic`)."""
 
 from __future__ import annotations
 
@@ -15,13 +18,16 @@ import pandas as pd
 
 from pushplan.domain import VARIANT_TAGS
 from pushplan.settings import Settings
-from training.frames import CATEGORIES, HOUR_VECTORS, timezone_group, variant_features
+from training.baselines import variant_rule_scores
+from training.frames import CATEGORIES, HOUR_VECTORS, hour_matrix, timezone_group, variant_features
+from training.habits import Habits, HourBlend, Population, rule_scores
 from training.inference import predict, trained_service
 from training.specs import SEND_HOUR, SPECS, VARIANT
-from training.tracking import CHAMPION, champion_version, configure
+from training.tracking import CHAMPION, champion_version, configure, serving_rule
 
 log = logging.getLogger(__name__)
 HEURISTIC = "heuristic"
+RULE = "rule:"
 
 
 @dataclass
@@ -33,6 +39,8 @@ class ModelSet:
     versions: dict[str, str] = field(default_factory=dict)
     # The Feast feature service each model is served with: the one its champion was trained with.
     services: dict[str, str] = field(default_factory=lambda: {n: s.feature_service for n, s in SPECS.items()})
+    # The rule (and its fitted parameters) serving a model that has no champion.
+    rules: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     checked_at: float = 0.0
     _scorers: dict[str, tuple[Any, Scorer | None]] = field(default_factory=dict, repr=False)
 
@@ -51,14 +59,27 @@ class ModelSet:
         changed = []
         for name, spec in SPECS.items():
             current = champion_version(client, spec.registered_name)
-            version = str(current.version) if current is not None else HEURISTIC
+            rule = serving_rule(client, spec.registered_name) if current is None else None
+            version = (
+                str(current.version) if current is not None else (f"{RULE}{rule[0]}" if rule else HEURISTIC)
+            )
             if self.versions.get(name) == version:
                 continue
             if current is None:
                 self.models.pop(name, None)
                 self.services[name] = spec.feature_service
-                log.warning("no champion for %s: planning with population heuristics", spec.registered_name)
+                if rule is not None:
+                    self.rules[name] = rule
+                    log.warning(
+                        "no champion for %s: planning with the rule %s", spec.registered_name, rule[0]
+                    )
+                else:
+                    self.rules.pop(name, None)
+                    log.warning(
+                        "no champion for %s: planning with population heuristics", spec.registered_name
+                    )
             else:
+                self.rules.pop(name, None)
                 self.models[name] = mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}")
                 self.services[name] = trained_service(spec, current)
             self.versions[name] = version
@@ -73,11 +94,14 @@ class ModelSet:
 
     @property
     def missing(self) -> list[str]:
-        return [name for name, version in self.versions.items() if version == HEURISTIC]
+        """Models served without a champion: by a rule or by heuristics."""
+        return [name for name, version in self.versions.items() if not version.isdigit()]
 
     def scorer(self, name: str) -> Scorer | None:
-        """The array form of a loaded model (built once per loaded model), or None where it has none."""
+        """The array form of a loaded model (built once per loaded model), or None where it has none.
+        For the send-hour blend it is the trees' array form (`HourBlend.combine` mixes in the habits)."""
         model = self.models.get(name)
+        model = model.model if isinstance(model, HourBlend) else model
         if model is None:
             return None
         cached = self._scorers.get(name)
@@ -87,9 +111,14 @@ class ModelSet:
         return cached[1]
 
     def hour_scores(self, features: pd.DataFrame) -> np.ndarray:
-        """(users × 24) engagement by local hour: the send-hour model, or the users' own activity shares."""
+        """(users × 24) engagement by local hour: the send-hour model, else its best rule, else the
+        users' own activity shares."""
         model = self.models.get(SEND_HOUR.name)
         if model is None:
+            if SEND_HOUR.name in self.rules:
+                rule, params = self.rules[SEND_HOUR.name]
+                population = Population.from_dict(params["population"])
+                return rule_scores(rule, Habits.of(features), population, float(params["prior_events"]))
             return np.stack([np.asarray(v, dtype=float) for v in features["activity_by_hour"]])
         scorer = self.scorer(SEND_HOUR.name)
         if scorer is None:
@@ -98,15 +127,28 @@ class ModelSet:
         for start in range(0, len(features), CHUNK_ROWS):
             rows = features.iloc[start : start + CHUNK_ROWS]
             full[start : start + len(rows), scorer.classes] = scorer.proba(scorer.encode(rows))
-        return full
+        return model.combine(full, features) if isinstance(model, HourBlend) else full
 
-    def variant_scores(self, features: pd.DataFrame, variants: list[tuple[str, list[str]]]) -> np.ndarray:
-        """(users × variants) p(click): the variant model, or the users' smoothed affinity for the tags.
+    def variant_scores(
+        self,
+        features: pd.DataFrame,
+        variants: list[tuple[str, list[str]]],
+        variant_ids: list[str] | None = None,
+        user_ids: list[str] | None = None,
+    ) -> np.ndarray:
+        """(users × variants) p(click): the variant model, else its best rule, else the users' smoothed
+        affinity for the tags.
 
         With the model, each user's own columns are encoded once and each variant only overwrites
         its text and tag-match columns; all variants of a chunk of users go in one model call.
         """
         model = self.models.get(VARIANT.name)
+        if model is None and VARIANT.name in self.rules:
+            rule, params = self.rules[VARIANT.name]
+            ids = variant_ids or [title for title, _ in variants]
+            users = np.asarray(user_ids if user_ids is not None else features.index.astype(str), dtype=object)
+            pairs = [(v, tags) for v, (_, tags) in zip(ids, variants, strict=True)]
+            return variant_rule_scores(rule, params, users, pairs)
         scorer = self.scorer(VARIANT.name)
         if model is None or scorer is None:
             columns = []
@@ -247,18 +289,6 @@ def _codes(values: pd.Series, category: str) -> np.ndarray:
     return codes
 
 
-def hour_matrix(vectors: pd.Series) -> np.ndarray:
-    """(rows × 24) of a column of 24-hour vectors; NaN rows where a vector is missing or malformed."""
-    values = vectors.to_numpy()
-    if len(values) and all(v is not None and len(v) == 24 for v in values):
-        return np.asarray(np.stack(values), dtype=float).reshape(len(values), 24)
-    matrix = np.full((len(values), 24), np.nan)
-    for row, vector in enumerate(values):
-        if vector is not None and len(vector) == 24:
-            matrix[row] = np.asarray(vector, dtype=float)
-    return matrix
-
-
 def affinities(rows: pd.DataFrame) -> np.ndarray:
     """(rows × VARIANT_TAGS) of the users' tag affinities, as floats."""
     return rows[[f"affinity_{tag}" for tag in VARIANT_TAGS]].to_numpy(dtype=float)
@@ -278,10 +308,11 @@ def tag_match(affinity: np.ndarray, tags: list[str]) -> dict[str, np.ndarray]:
     return {"tag_affinity_mean": mean, "tag_affinity_max": top, "variant_tag_count": counts}
 
 
-def variant_rows(rows: pd.DataFrame, title: str, tags: list[str]) -> pd.DataFrame:
+def variant_rows(rows: pd.DataFrame, title: str, tags: list[str], variant_id: str = "") -> pd.DataFrame:
     """`training.evaluation.with_variant`, the same frame, without per-row Python: every row gets
     the same variant, so its text features are computed once and its tag mask is one row."""
     out = rows.copy()
+    out["candidate_variant_id"] = variant_id
     text = variant_features([title], [tags])
     for column in text.columns:
         out[column] = np.full(len(out), text[column].iloc[0], dtype="float64")

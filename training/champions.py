@@ -19,16 +19,19 @@ import numpy as np
 import pandas as pd
 
 from features.event_store import EventStore
-from features.simulator import Population
+from features.simulator import Population as SimulatedPopulation
 from features.store import feature_store, training_set
 from pushplan.clock import local_clock, to_utc
 from pushplan.domain import Channel
 from pushplan.settings import Settings
 from training import evaluation
+from training.baselines import variant_rule_scores
 from training.datasets import build_split, zones_of
+from training.habits import HISTORY_BUCKETS, RULES, Habits, Population, history_bucket, rule_scores
 from training.inference import choose_hours, load_champion, predict
-from training.pipeline import EVAL_DAYS, score
-from training.specs import SEND_HOUR, SPECS, VARIANT
+from training.pipeline import EVAL_DAYS, SHRINKAGE_EVENTS, score
+from training.specs import SEND_HOUR, SPECS, VARIANT, ModelSpec
+from training.tracking import configure, serving_rule
 
 ORACLE_USERS = 2_000
 ORACLE_DAYS = 3
@@ -37,43 +40,89 @@ ORACLE_DAYS = 3
 def evaluate_champions(
     settings: Settings, sim_dir: Path | None, eval_days: int = EVAL_DAYS
 ) -> dict[str, Any]:
+    """Each model as it serves now (its champion, or the rule serving in its place), on the same test
+    days, beside its baselines; with a simulation's truth, the oracle share."""
+    client = configure(settings)
     store = feature_store(settings)
     models = {name: load_champion(spec, settings) for name, spec in SPECS.items()}
-    missing = [name for name, model in models.items() if model is None]
-    if missing:
-        raise LookupError(f"no champion for {', '.join(missing)}: run `pushplan train all` first")
+    rules = {name: serving_rule(client, spec.registered_name) for name, spec in SPECS.items()}
+    unjudged = [name for name in SPECS if models[name] is None and rules[name] is None]
+    if len(unjudged) == len(SPECS):
+        raise LookupError("no model has been trained: run `pushplan train all` first")
     result: dict[str, Any] = {}
     splits = {}
     for name, spec in SPECS.items():
+        if name in unjudged:
+            result[name] = {"serving": "heuristic", "reason": "never trained"}
+            continue
         splits[name] = build_split(spec, store, settings, eval_days)
-        metrics = score(spec, models[name], splits[name])
-        result[name] = {k: v for k, v in metrics.items() if k != "reliability"}
-        if "reliability" in metrics:
-            result[name]["reliability"] = metrics["reliability"]
-    population_best = int(
-        pd.concat([splits["send-hour"].train, splits["send-hour"].valid])["label"].mode().iloc[0]
-    )
-    if sim_dir is not None and (sim_dir / "truth" / "meta.json").exists():
-        result["oracle"] = simulated_oracle(settings, store, models, sim_dir, population_best)
+        model = models[name] if models[name] is not None else RuleModel(spec, *rules[name])  # type: ignore[misc]
+        metrics = score(spec, model, splits[name])
+        result[name] = {k: v for k, v in metrics.items() if k != "rule_params"}
+        result[name]["serving"] = "champion" if models[name] is not None else f"rule:{rules[name][0]}"  # type: ignore[index]
+    if sim_dir is not None and (sim_dir / "truth" / "meta.json").exists() and "send-hour" in splits:
+        history = pd.concat([splits["send-hour"].train, splits["send-hour"].valid])
+        population = Population.fit(history["label"], history["is_weekend"] > 0)
+        result["oracle"] = simulated_oracle(settings, store, models, rules, sim_dir, population)
     _log(result)
     return result
 
 
+class RuleModel:
+    """A rule serving in a model's place, with `predict_proba` as `training.inference.predict` expects,
+    so it is scored by exactly the code that scores a model."""
+
+    def __init__(self, spec: ModelSpec, rule: str, params: dict[str, Any]) -> None:
+        self.spec, self.rule, self.params = spec, rule, params
+        self.classes_ = np.arange(spec.n_classes)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.spec.n_classes == 24:
+            population = Population.from_dict(self.params["population"])
+            return rule_scores(self.rule, Habits.of(frame), population, float(self.params["prior_events"]))
+        if not self.spec.chooses_variant:
+            rates = np.full(len(frame), float(self.params.get("overall", 0.0)))
+            return np.column_stack([1 - rates, rates])
+        # Each row is one (user, variant) pair: the candidate's id where `with_variant` set it.
+        ids = frame["candidate_variant_id"] if "candidate_variant_id" in frame else frame["variant_id"]
+        tags = frame["variant_tags"].fillna("").str.split(",")
+        users = frame["user_id"].astype(str).to_numpy()
+        rates = np.array(
+            [
+                variant_rule_scores(self.rule, self.params, users[i : i + 1], [(str(v), list(t))])[0, 0]
+                for i, (v, t) in enumerate(zip(ids, tags, strict=True))
+            ]
+        )
+        return np.column_stack([1 - rates, rates])
+
+
 def simulated_oracle(
-    settings: Settings, store: Any, models: dict[str, Any], sim_dir: Path, population_best: int
+    settings: Settings,
+    store: Any,
+    models: dict[str, Any],
+    rules: dict[str, Any],
+    sim_dir: Path,
+    population: Population,
 ) -> dict[str, Any]:
-    """The models' (hour, variant) choices against the hidden truth on the last simulated days."""
-    population = Population.load(sim_dir)
+    """The served (hour, variant) choices against the hidden truth on the last simulated days; the
+    hour-only share also per history-size bucket, for the model and each send-hour rule."""
+    sim = SimulatedPopulation.load(sim_dir)
     events = EventStore(settings)
     users = events.read_users()
     eligible = users[users["push_opt_in"].astype(bool)]["user_id"]
-    eligible = eligible[eligible.isin(population.user_id[~population.cold_start])]
+    eligible = eligible[eligible.isin(sim.user_id[~sim.cold_start])]
     eligible = eligible.sample(n=min(ORACLE_USERS, len(eligible)), random_state=0).to_numpy()
     variants = _latest_campaign_variants(settings)
-    last_day = population.start + timedelta(days=population.days - 1)
+    last_day = sim.start + timedelta(days=sim.days - 1)
     zones = zones_of(events, settings, pd.Series(eligible))
+    hour_model = (
+        models["send-hour"] if models["send-hour"] is not None else RuleModel(SEND_HOUR, *rules["send-hour"])
+    )
+    variant_model = models["variant"]
+    if variant_model is None and rules["variant"] is not None:
+        variant_model = RuleModel(VARIANT, *rules["variant"])
 
-    rows, truths, hour_picks, variant_picks = [], [], [], []
+    rows, truths, hour_picks, variant_picks, rule_picks, buckets = [], [], [], [], [], []
     for back in range(ORACLE_DAYS):
         day = last_day - timedelta(days=back)
         day_start = pd.Timestamp(day, tz="UTC")
@@ -83,7 +132,12 @@ def simulated_oracle(
             {"user_id": eligible, "event_timestamp": day_start, "is_weekend": weekend.astype(float)}
         )
         hour_features = training_set(store, settings, SEND_HOUR.feature_service, hour_rows)
-        hour_choice = choose_hours(predict(SEND_HOUR, models["send-hour"], hour_features))
+        hour_choice = choose_hours(predict(SEND_HOUR, hour_model, hour_features))
+        habits = Habits.of(hour_features)
+        rule_picks.append(
+            {r: choose_hours(rule_scores(r, habits, population, SHRINKAGE_EVENTS)) for r in RULES}
+        )
+        buckets.append(history_bucket(habits.events))
 
         context = pd.DataFrame(
             {
@@ -96,11 +150,14 @@ def simulated_oracle(
                 "variant_tags": "",
             }
         )
-        variant_features = training_set(store, settings, VARIANT.feature_service, context)
-        variant_choice, _ = evaluation.best_variant(
-            variant_features, variants, lambda frame: predict(VARIANT, models["variant"], frame)
-        )
-        truths.append(_true_probabilities(population, eligible, zones, day, variants))
+        if variant_model is not None:
+            variant_features = training_set(store, settings, VARIANT.feature_service, context)
+            variant_choice, _ = evaluation.best_variant(
+                variant_features, variants, lambda frame: predict(VARIANT, variant_model, frame)
+            )
+        else:
+            variant_choice = np.zeros(len(eligible), dtype=int)
+        truths.append(_true_probabilities(sim, eligible, zones, day, variants))
         hour_picks.append(hour_choice)
         variant_picks.append(variant_choice)
         rows.append(pd.DataFrame({"user_id": eligible, "timezone": zones}))
@@ -108,8 +165,9 @@ def simulated_oracle(
     true_p = np.concatenate(truths)
     hours, picks = np.concatenate(hour_picks), np.concatenate(variant_picks)
     shares: dict[str, Any] = dict(evaluation.oracle_share(true_p, hours, picks))
-    shares["population_best_hour"] = population_best
-    shares["population_best_hour_share"] = evaluation.population_best_hour_share(true_p, population_best)
+    best_hour = population.mode_hour
+    shares["population_best_hour"] = best_hour
+    shares["population_best_hour_share"] = evaluation.population_best_hour_share(true_p, best_hour)
     shares["gap_from_time"] = 1 - shares["hour_only_share"]
     shares["gap_from_variant"] = 1 - shares["variant_only_share"]
     shares["variants"] = len(variants)
@@ -119,11 +177,25 @@ def simulated_oracle(
         str(zone): evaluation.oracle_share(true_p[idx], hours[idx], picks[idx])["oracle_share"]
         for zone, idx in meta.groupby("timezone").indices.items()
     }
+    bucket = np.concatenate(buckets)
+    by_rule = {r: np.concatenate([p[r] for p in rule_picks]) for r in RULES}
+    by_history: dict[str, dict[str, float]] = {}
+    for b, (label, _) in enumerate(HISTORY_BUCKETS):
+        members = bucket == b
+        if not members.any():
+            continue
+        row: dict[str, float] = {"users": int(members.sum())}
+        for name, choice in {"model": hours, **by_rule}.items():
+            row[f"{name}_hour_share"] = evaluation.hour_only_share(true_p[members], choice[members])
+        by_history[label] = row
+    shares["hour_share_by_history"] = by_history
+    for r in RULES:
+        shares[f"{r}_hour_share"] = evaluation.hour_only_share(true_p, by_rule[r])
     return shares
 
 
 def _true_probabilities(
-    population: Population, user_ids: np.ndarray, zones: np.ndarray, day: Any, variants: pd.DataFrame
+    population: SimulatedPopulation, user_ids: np.ndarray, zones: np.ndarray, day: Any, variants: pd.DataFrame
 ) -> np.ndarray:
     """(users × 24 local hours × variants) true click probabilities for a fresh send (no recent sends)."""
     idx = population.index_of(user_ids)

@@ -29,6 +29,26 @@ from training.specs import ModelSpec
 ENGAGEMENT = (EventType.app_open, EventType.purchase, EventType.push_opened, EventType.push_clicked)
 
 
+class NoExamples(ValueError):
+    """A model has nothing (or too little) to learn from; the message says what is missing and how to
+    supply it."""
+
+
+SENDS_MISSING = (
+    "the click and variant models need `push_sent` events (with campaign_id and variant_id) and the "
+    "`push_clicked` events that followed: import your send log with `pushplan events import`, or send "
+    "a campaign through pushplan first"
+)
+CATALOGUE_MISSING = (
+    "the click and variant models need `push_sent` events whose variants the campaign catalogue knows "
+    "(their titles and tags): import campaigns.json with `pushplan events import campaigns.json`"
+)
+ENGAGEMENTS_MISSING = (
+    "the send-hour model needs engagement events (app_open, purchase, push_opened or push_clicked) "
+    "with their timestamps: import them with `pushplan events import events.csv`"
+)
+
+
 @dataclass
 class Split:
     """Examples with their features: train (fit), valid (early stopping, calibration), test (judging)."""
@@ -55,6 +75,8 @@ def send_examples(settings: Settings, window: timedelta) -> pd.DataFrame:
         ["user_id", "event_type", "timestamp", "campaign_id", "variant_id", "propensity"],
         event_types=[EventType.push_sent.value, EventType.push_clicked.value],
     )
+    if not (events["event_type"] == EventType.push_sent.value).any():
+        raise NoExamples(SENDS_MISSING)
     sends = events[(events["event_type"] == EventType.push_sent.value) & events["variant_id"].notna()].copy()
     clicks = events[events["event_type"] == EventType.push_clicked.value]
     first_click = clicks.groupby(["user_id", "campaign_id"])["timestamp"].min().rename("clicked_at")
@@ -66,6 +88,8 @@ def send_examples(settings: Settings, window: timedelta) -> pd.DataFrame:
 
     variants = store.read_variants()
     sends = sends.merge(variants[["variant_id", "title", "tags"]], on="variant_id", how="inner")
+    if sends.empty:
+        raise NoExamples(CATALOGUE_MISSING)
     hour, weekend = local_clock(
         sends["timestamp"].dt.tz_localize(None).to_numpy(), zones_of(store, settings, sends["user_id"])
     )
@@ -86,6 +110,8 @@ def engagement_examples(settings: Settings, max_per_user_day: int = 2, seed: int
     events = store.read_events(
         ["user_id", "event_type", "timestamp"], event_types=[e.value for e in ENGAGEMENT]
     )
+    if events.empty:
+        raise NoExamples(ENGAGEMENTS_MISSING)
     events["day"] = events["timestamp"].dt.floor("D")
     rng = np.random.default_rng(seed)
     events["draw"] = rng.random(len(events))
@@ -116,7 +142,7 @@ def build_split(
     else:
         examples = engagement_examples(settings, seed=seed)
     if examples.empty:
-        raise ValueError(f"no {spec.examples} examples in the event store to train the {spec.name} model on")
+        raise NoExamples(f"no {spec.examples} examples in the event store to train the {spec.name} model on")
     last = examples["event_timestamp"].max()
     cutoff = last.normalize() - pd.Timedelta(days=eval_days - 1)
     before = examples[examples["event_timestamp"] < cutoff]
@@ -131,9 +157,9 @@ def build_split(
     valid = featured[(featured["event_timestamp"] >= valid_from) & (featured["event_timestamp"] < cutoff)]
     test = featured[featured["event_timestamp"] >= cutoff].reset_index(drop=True)
     if train.empty or valid.empty or test.empty:
-        raise ValueError(
+        raise NoExamples(
             f"too little history to split for the {spec.name} model: need examples before and after "
-            f"{cutoff:%Y-%m-%d} ({eval_days} evaluation days)"
+            f"{cutoff:%Y-%m-%d} ({eval_days} evaluation days); import a longer history"
         )
     catalogue = EventStore(settings).read_variants()
     variants = {str(c): part.reset_index(drop=True) for c, part in catalogue.groupby("campaign_id")}

@@ -15,7 +15,9 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from features.feature_repo.transforms import tag_match_features
+from pushplan.clock import smooth_hours
 from training.frames import variant_features
+from training.habits import HISTORY_BUCKETS, RULES
 from training.off_policy import estimates
 
 
@@ -55,28 +57,50 @@ def top_k_hits(hours: np.ndarray, proba: np.ndarray, k: int) -> float:
     return float((top == np.asarray(hours)[:, None]).any(axis=1).mean())
 
 
+def hour_hits(hours: np.ndarray, choice: np.ndarray) -> dict[str, float]:
+    """Share of rows whose chosen hour is the engaged hour (top-1), and within one hour of it
+    (wrapping at midnight)."""
+    hours, choice = np.asarray(hours, dtype=int), np.asarray(choice, dtype=int)
+    apart = np.abs(hours - choice)
+    apart = np.minimum(apart, 24 - apart)
+    if len(hours) == 0:
+        return {"top1": float("nan"), "within1": float("nan")}
+    return {"top1": float((apart == 0).mean()), "within1": float((apart <= 1).mean())}
+
+
 def hour_metrics(
-    hours: np.ndarray, proba: np.ndarray, population_best: int, user_best: np.ndarray
+    hours: np.ndarray, proba: np.ndarray, rules: dict[str, np.ndarray], buckets: np.ndarray
 ) -> dict[str, Any]:
-    """Top-1 / top-3 hit rates of the model beside the two baselines (top-3 of a baseline: its hour ±1)."""
-    hours = np.asarray(hours)
+    """The served hour (smoothed, as `choose_hours` picks it) of the model and of each simple rule:
+    top-1 and within-one-hour hit rates overall and per history-size bucket; the model's top-3 too.
 
-    def around(best: np.ndarray) -> np.ndarray:
-        scores = np.zeros((len(best), 24))
-        for offset, weight in ((0, 3.0), (-1, 2.0), (1, 1.0)):
-            scores[np.arange(len(best)), (best + offset) % 24] = weight
-        return scores
-
-    population = np.full(len(hours), population_best)
-    return {
-        "top1_hit_rate": top_k_hits(hours, proba, 1),
+    `rules` maps a rule's name to its (rows × 24) scores; `buckets` indexes HISTORY_BUCKETS.
+    """
+    hours = np.asarray(hours, dtype=int)
+    choices = {"model": smooth_hours(proba).argmax(axis=1)}
+    choices.update({name: smooth_hours(scores).argmax(axis=1) for name, scores in rules.items()})
+    model = hour_hits(hours, choices["model"])
+    metrics: dict[str, Any] = {
+        "top1_hit_rate": model["top1"],
+        "within1_hit_rate": model["within1"],
         "top3_hit_rate": top_k_hits(hours, proba, 3),
-        "population_best_hour_top1": float((population == hours).mean()),
-        "population_best_hour_top3": top_k_hits(hours, around(population), 3),
-        "user_most_frequent_hour_top1": float((user_best == hours).mean()),
-        "user_most_frequent_hour_top3": top_k_hits(hours, around(np.asarray(user_best)), 3),
         "rows": len(hours),
     }
+    for name in rules:
+        hits = hour_hits(hours, choices[name])
+        metrics[f"{name}_top1"], metrics[f"{name}_within1"] = hits["top1"], hits["within1"]
+    by_history: dict[str, dict[str, float]] = {}
+    for b, (label, _) in enumerate(HISTORY_BUCKETS):
+        members = np.asarray(buckets) == b
+        row: dict[str, float] = {"rows": int(members.sum())}
+        for name, choice in choices.items():
+            hits = hour_hits(hours[members], choice[members])
+            row[f"{name}_top1"], row[f"{name}_within1"] = hits["top1"], hits["within1"]
+        by_history[label] = row
+    metrics["by_history"] = by_history
+    ranked = sorted(rules, key=lambda r: (metrics[f"{r}_within1"], metrics[f"{r}_top1"]), reverse=True)
+    metrics["best_rule"] = ranked[0] if ranked else ""
+    return metrics
 
 
 def off_policy_values(
@@ -101,9 +125,10 @@ def off_policy_values(
     }
 
 
-def with_variant(rows: pd.DataFrame, title: str, tags: list[str]) -> pd.DataFrame:
+def with_variant(rows: pd.DataFrame, title: str, tags: list[str], variant_id: str = "") -> pd.DataFrame:
     """The same rows scored for another variant: its text features and the user's match with its tags."""
     out = rows.copy()
+    out["candidate_variant_id"] = variant_id
     text = variant_features([title] * len(rows), [tags] * len(rows))
     text.index = out.index
     out[text.columns] = text
@@ -119,7 +144,10 @@ def best_variant(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the index in `variants` of the best-scoring variant, and all scores (rows × variants)."""
     scores = np.column_stack(
-        [score(with_variant(rows, v.title, list(v.tags))) for v in variants.itertuples(index=False)]
+        [
+            score(with_variant(rows, v.title, list(v.tags), str(getattr(v, "variant_id", ""))))
+            for v in variants.itertuples(index=False)
+        ]
     )
     return scores.argmax(axis=1), scores
 
@@ -145,6 +173,13 @@ def oracle_share(true_p: np.ndarray, hour_choice: np.ndarray, variant_choice: np
         "random_share": float(true_p.mean(axis=(1, 2)).sum() / total),
         "users": len(users),
     }
+
+
+def hour_only_share(true_p: np.ndarray, hour_choice: np.ndarray) -> float:
+    """Share of the oracle's expected clicks with the chosen hours and, at each, the best variant."""
+    users = np.arange(true_p.shape[0])
+    best = true_p.reshape(len(users), -1).max(axis=1).sum()
+    return float(true_p[users, hour_choice].max(axis=1).sum() / best) if best else float("nan")
 
 
 def population_best_hour_share(true_p: np.ndarray, hour: int) -> float:
@@ -184,25 +219,27 @@ def save_plots(out_dir: Path, metrics: dict[str, Any], importance: pd.Series | N
         ax.set(xlabel="predicted click probability", ylabel="observed click rate", title="Calibration")
         ax.legend()
         paths.append(_save(fig, out_dir / "calibration.png"))
-    if "top3_hit_rate" in metrics:
-        labels = ["model", "population best hour", "user's most frequent hour"]
-        top1 = [
-            metrics["top1_hit_rate"],
-            metrics["population_best_hour_top1"],
-            metrics["user_most_frequent_hour_top1"],
-        ]
-        top3 = [
-            metrics["top3_hit_rate"],
-            metrics["population_best_hour_top3"],
-            metrics["user_most_frequent_hour_top3"],
-        ]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        x = np.arange(len(labels))
-        ax.bar(x - 0.2, top1, width=0.4, label="top-1")
-        ax.bar(x + 0.2, top3, width=0.4, label="top-3")
-        ax.set_xticks(x, labels)
-        ax.set(ylabel="hit rate", title="Send hour: engaged hour among the predicted")
-        ax.legend()
+    if "within1_hit_rate" in metrics:
+        policies = ["model", *RULES]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        x = np.arange(len(policies))
+        top1 = [metrics["top1_hit_rate"], *(metrics.get(f"{r}_top1", np.nan) for r in RULES)]
+        within = [metrics["within1_hit_rate"], *(metrics.get(f"{r}_within1", np.nan) for r in RULES)]
+        axes[0].bar(x - 0.2, top1, width=0.4, label="top-1")
+        axes[0].bar(x + 0.2, within, width=0.4, label="within one hour")
+        axes[0].set_xticks(x, [p.replace("_", " ") for p in policies], rotation=15)
+        axes[0].set(ylabel="hit rate", title="Send hour: the served hour against the engaged one")
+        axes[0].legend()
+        buckets = list(metrics.get("by_history", {}))
+        width = 0.8 / len(policies)
+        for k, policy in enumerate(policies):
+            values = [metrics["by_history"][b].get(f"{policy}_within1", np.nan) for b in buckets]
+            axes[1].bar(
+                np.arange(len(buckets)) + (k - (len(policies) - 1) / 2) * width, values, width, label=policy
+            )
+        axes[1].set_xticks(np.arange(len(buckets)), [f"{b} events" for b in buckets])
+        axes[1].set(ylabel="within one hour", title="By history size")
+        axes[1].legend(fontsize=7)
         paths.append(_save(fig, out_dir / "hour_hit_rate.png"))
     if importance is not None and not importance.empty:
         top = importance.sort_values().tail(20)

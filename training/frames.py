@@ -16,7 +16,16 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from pushplan.domain import VARIANT_TAGS
 
-HOUR_VECTORS = ("activity_by_hour", "activity_by_hour_weekend", "push_engagement_by_hour")
+HOUR_VECTORS = (
+    "activity_by_hour",
+    "activity_by_hour_weekend",
+    "push_engagement_by_hour",
+    "hours_weekday_recent",
+    "hours_weekend_recent",
+    "hours_purchase_recent",
+    "hours_push_recent",
+    "hours_all_time",
+)
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "platform": ("android", "ios", "web"),
     "lifecycle_stage": ("new", "active", "sleeping", "churned"),
@@ -101,7 +110,7 @@ class FeatureFrame(BaseEstimator, TransformerMixin):
         out: dict[str, pd.Series | np.ndarray] = {}
         for column in self.columns:
             if column in HOUR_VECTORS:
-                matrix = _hour_matrix(frame[column])
+                matrix = hour_matrix(frame[column])
                 for hour in range(24):
                     out[f"{column}_{hour:02d}"] = matrix[:, hour]
             elif column == "timezone":
@@ -115,9 +124,13 @@ class FeatureFrame(BaseEstimator, TransformerMixin):
         return pd.DataFrame(out, index=frame.index)
 
 
-def _hour_matrix(vectors: pd.Series) -> np.ndarray:
-    matrix = np.full((len(vectors), 24), np.nan)
-    for row, vector in enumerate(vectors):
+def hour_matrix(vectors: pd.Series) -> np.ndarray:
+    """(rows × 24) of a column of 24-hour vectors; NaN rows where a vector is missing or malformed."""
+    values = vectors.to_numpy()
+    if len(values) and all(v is not None and len(v) == 24 for v in values):
+        return np.asarray(np.stack(values), dtype=float).reshape(len(values), 24)
+    matrix = np.full((len(values), 24), np.nan)
+    for row, vector in enumerate(values):
         if vector is not None and len(vector) == 24:
             matrix[row] = np.asarray(vector, dtype=float)
     return matrix

@@ -30,13 +30,18 @@ from sklearn.pipeline import Pipeline
 from features.store import feature_store, service_feature_names
 from pushplan.settings import Settings
 from training import evaluation
+from training.baselines import Verdict, variant_rate, variant_rates, verdict
 from training.datasets import Split, build_split
 from training.frames import FeatureFrame
-from training.inference import predict
+from training.habits import RULES, Habits, HourBlend, Population, history_bucket, rule_scores
+from training.inference import choose_hours, predict
+from training.off_policy import estimates
 from training.specs import ModelSpec
-from training.tracking import CHAMPION, champion_version, configure
+from training.tracking import CHAMPION, RULE_ARTIFACT, RULE_RUN_TAG, RULE_TAG, champion_version, configure
 
 EVAL_DAYS = 10
+# Events' worth of the population's hours the shrinkage rule blends into a user's (as the features do).
+SHRINKAGE_EVENTS = 5.0
 console = Console(stderr=True)
 
 
@@ -50,6 +55,9 @@ class TrainResult:
     champion_value: float | None
     promoted: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    verdict: Verdict | None = None  # the new version against the simple rules
+    retired: bool = False  # the old champion lost to a rule on these days and no longer serves
+    serving: str = ""  # what serves now: "v3" or "rule:user_mode_hour"
 
 
 def input_columns(spec: ModelSpec, store: FeatureStore) -> list[str]:
@@ -59,14 +67,26 @@ def input_columns(spec: ModelSpec, store: FeatureStore) -> list[str]:
 def fit_model(
     spec: ModelSpec, params: dict[str, Any], columns: list[str], train: pd.DataFrame, valid: pd.DataFrame
 ) -> Any:
-    """Fit LightGBM (early-stopped on `valid`) behind the feature transformer; calibrate if the spec says."""
+    """Fit LightGBM (early-stopped on `valid`) behind the feature transformer; calibrate if the spec
+    says; for the send hour, blend with the users' habits (weights fitted on the later validation days)."""
+    stop_on, blend_on = valid, valid
+    if spec.blends_habits:
+        # The blend's weights must come from days the trees neither trained nor stopped on, or the
+        # trees look better than they are beside the habits.
+        middle = valid["event_timestamp"].quantile(0.5)
+        stop_on, blend_on = (
+            valid[valid["event_timestamp"] < middle],
+            valid[valid["event_timestamp"] >= middle],
+        )
+        if stop_on.empty or blend_on.empty:
+            stop_on = blend_on = valid
     frame = FeatureFrame(columns=columns).fit(train)
     classifier = lgb.LGBMClassifier(objective=spec.objective, random_state=0, **params)
     classifier.fit(
         frame.transform(train),
         train["label"].to_numpy(),
-        eval_X=(frame.transform(valid),),
-        eval_y=(valid["label"].to_numpy(),),
+        eval_X=(frame.transform(stop_on),),
+        eval_y=(stop_on["label"].to_numpy(),),
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
     model: Any = Pipeline([("features", frame), ("lgbm", classifier)])
@@ -75,10 +95,14 @@ def fit_model(
         model = CalibratedClassifierCV(FrozenEstimator(model), method="isotonic").fit(
             valid, valid["label"].to_numpy()
         )
+    if spec.blends_habits:
+        blend = HourBlend(model, Population.fit(train["label"], train["is_weekend"] > 0))
+        model = blend.fit_weights(blend.model_proba(blend_on), blend_on, blend_on["label"].to_numpy())
     return model
 
 
 def importance(model: Any) -> pd.Series:
+    model = model.model if isinstance(model, HourBlend) else model
     pipeline = model.estimator if isinstance(model, FrozenEstimator) else model
     if isinstance(model, CalibratedClassifierCV):
         pipeline = model.calibrated_classifiers_[0].estimator
@@ -91,26 +115,34 @@ def importance(model: Any) -> pd.Series:
 
 
 def score(spec: ModelSpec, model: Any, split: Split) -> dict[str, Any]:
-    """The spec's metrics on the test days, beside its baselines, and by slice."""
+    """The spec's metrics on the test days, beside its baselines (fitted on the days before), by slice."""
     test = split.test
+    history = pd.concat([split.train, split.valid], ignore_index=True)
     if spec.n_classes == 24:
         proba = predict(spec, model, test)
-        train = pd.concat([split.train, split.valid])
-        population_best = int(train["label"].mode().iloc[0])
-        per_user = train.groupby("user_id")["label"].agg(lambda hours: int(hours.mode().iloc[0]))
-        user_best = test["user_id"].map(per_user).fillna(population_best).astype(int).to_numpy()
-        metrics = evaluation.hour_metrics(test["label"].to_numpy(), proba, population_best, user_best)
-        metrics["slices"] = _slices(
-            test, lambda part: evaluation.top_k_hits(part["label"], proba[part.index], 3)
+        population = Population.fit(history["label"], history["is_weekend"] > 0)
+        habits = Habits.of(test)
+        rules = {rule: rule_scores(rule, habits, population, SHRINKAGE_EVENTS) for rule in RULES}
+        metrics = evaluation.hour_metrics(
+            test["label"].to_numpy(), proba, rules, history_bucket(habits.events)
         )
+        metrics["slices"] = _slices(
+            test, lambda part: evaluation.hour_hits(part["label"], choose_hours(proba[part.index]))["within1"]
+        )
+        metrics["rule_params"] = {"population": population.as_dict(), "prior_events": SHRINKAGE_EVENTS}
+        if isinstance(model, HourBlend):
+            metrics["blend_weights"] = model.weights_table()
         return metrics
     p = predict(spec, model, test)
     metrics = evaluation.binary_metrics(test["label"].to_numpy(), p)
     metrics["slices"] = _slices(
         test, lambda part: evaluation.binary_metrics(part["label"].to_numpy(), p[part.index])["auc"]
     )
+    metrics["rule_params"] = {"overall": round(float(history["label"].mean()), 6)}
     if spec.chooses_variant:
-        metrics.update(variant_off_policy(spec, model, test, split.variants))
+        rates = variant_rates(history)
+        metrics.update(variant_off_policy(spec, model, test, split.variants, rates))
+        metrics["rule_params"] = rates
     return metrics
 
 
@@ -120,20 +152,35 @@ EXPLORED_HOURS = 24
 
 
 def variant_off_policy(
-    spec: ModelSpec, model: Any, test: pd.DataFrame, by_campaign: dict[str, pd.DataFrame]
+    spec: ModelSpec,
+    model: Any,
+    test: pd.DataFrame,
+    by_campaign: dict[str, pd.DataFrame],
+    rates: dict[str, Any],
 ) -> dict[str, float]:
-    """IPS / SNIPS of the model's variant choice vs a random variant, on the logged test sends."""
+    """IPS / SNIPS of the model's variant choice, of a random variant and of the campaign's best
+    variant overall (`rates`, fitted before the test days), on the logged test sends."""
     chosen = np.zeros(len(test), dtype=bool)
+    best_overall = np.zeros(len(test), dtype=bool)
     n_variants = np.ones(len(test))
     for campaign, rows in test.groupby("campaign_id"):
         variants = by_campaign.get(str(campaign))
         if variants is None or len(variants) < 2:
             continue
         pick, _ = evaluation.best_variant(rows, variants, lambda frame: predict(spec, model, frame))
-        chosen[rows.index] = variants["variant_id"].to_numpy()[pick] == rows["variant_id"].to_numpy()
+        ids = variants["variant_id"].to_numpy()
+        logged = rows["variant_id"].to_numpy()
+        chosen[rows.index] = ids[pick] == logged
+        overall = int(
+            np.argmax([variant_rate(rates, v.variant_id, list(v.tags)) for v in variants.itertuples()])
+        )
+        best_overall[rows.index] = ids[overall] == logged
         n_variants[rows.index] = len(variants)
     propensity = np.clip(test["propensity"].to_numpy(dtype=float) * EXPLORED_HOURS, 1e-6, 1.0)
     values = evaluation.off_policy_values(test["label"].to_numpy(), chosen, propensity, n_variants)
+    best = estimates(test["label"].to_numpy(dtype=float), propensity, best_overall.astype(float))
+    values["ips_best_overall"] = best["ips"]["value"]
+    values["snips_best_overall"] = best["snips"]["value"] if best["snips"] else 0.0
     values["snips_lift"] = (
         values["snips_model"] / values["snips_random"] - 1 if values["snips_random"] else np.nan
     )
@@ -204,12 +251,18 @@ def train(
     metrics = score(spec, model, split)
     value = float(metrics[spec.metric])
 
+    judged = verdict(spec, metrics)
     current = champion_version(client, spec.registered_name)
-    champion_value = None
+    champion_value, champion_holds = None, False
     if current is not None:
         old_model = mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}")
-        champion_value = float(score(spec, old_model, split)[spec.metric])
-    wins = promote or better(spec, value, champion_value)
+        old_metrics = score(spec, old_model, split)
+        champion_value = float(old_metrics[spec.metric])
+        champion_holds = verdict(spec, old_metrics).beats
+    # A version that loses to a simple rule is never promoted; a champion that now loses to one is
+    # retired, and serving plans with the best rule until a model earns its place again.
+    wins = promote or (judged.beats and (not champion_holds or better(spec, value, champion_value)))
+    retired = current is not None and not wins and not champion_holds and not promote
 
     with mlflow.start_run(run_name=f"train-{spec.name}") as run, tempfile.TemporaryDirectory() as scratch:
         mlflow.log_params(
@@ -239,11 +292,17 @@ def train(
         (Path(scratch) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         mlflow.log_artifact(str(Path(scratch) / "evaluation.md"))
         mlflow.log_artifact(str(Path(scratch) / "metrics.json"))
+        rule = {"rule": judged.best_rule, "params": metrics["rule_params"]}
+        (Path(scratch) / RULE_ARTIFACT).write_text(json.dumps(rule, indent=2))
+        mlflow.log_artifact(str(Path(scratch) / RULE_ARTIFACT))
         for plot in evaluation.save_plots(Path(scratch) / "plots", metrics, importance(model)):
             mlflow.log_artifact(str(plot), artifact_path="plots")
         example = split.train[columns].head(5)
         # Integer columns in a signature cannot hold missing values; every numeric input is a float.
         example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
+        # A text column with no value at all (no platform in the data) has no type MLflow can infer.
+        empty = [c for c in example.select_dtypes("object").columns if example[c].isna().all()]
+        example[empty] = ""
         info = mlflow.sklearn.log_model(
             model,
             name="model",
@@ -254,10 +313,35 @@ def train(
         )
         version = _register(client, spec.registered_name, info, run.info.run_id)
         mlflow.set_tag("promoted", str(wins))
+        mlflow.set_tag("baselines", judged.describe())
     client.set_model_version_tag(spec.registered_name, str(version), "feature_service", spec.feature_service)
+    client.set_model_version_tag(spec.registered_name, str(version), "beats_baselines", str(judged.beats))
+    # The best rule, and the run whose RULE_ARTIFACT holds its fitted parameters, on the registered
+    # model: what serving plans with whenever there is no champion.
+    client.set_registered_model_tag(spec.registered_name, RULE_TAG, judged.best_rule)
+    client.set_registered_model_tag(spec.registered_name, RULE_RUN_TAG, run.info.run_id)
     if wins:
         client.set_registered_model_alias(spec.registered_name, CHAMPION, str(version))
-    return TrainResult(spec.name, version, run.info.run_id, spec.metric, value, champion_value, wins, metrics)
+    elif retired:
+        client.delete_registered_model_alias(spec.registered_name, CHAMPION)
+    serving = (
+        f"v{version}"
+        if wins
+        else (f"v{current.version}" if current is not None and not retired else f"rule:{judged.best_rule}")
+    )
+    return TrainResult(
+        spec.name,
+        version,
+        run.info.run_id,
+        spec.metric,
+        value,
+        champion_value,
+        wins,
+        metrics,
+        judged,
+        retired,
+        serving,
+    )
 
 
 def _register(client: MlflowClient, name: str, info: Any, run_id: str) -> int:

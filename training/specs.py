@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from training.frames import VARIANT_FEATURES
+from training.habits import RULES
 
 CONTEXT_COLUMNS = ("candidate_local_hour", "is_weekend")
 
@@ -27,6 +28,7 @@ class ModelSpec:
     params: dict[str, Any] = field(default_factory=dict)
     calibrate: bool = False
     chooses_variant: bool = False  # judged also by the off-policy value of its variant choices
+    blends_habits: bool = False  # the trees' hour probabilities mixed with the user's habits (HourBlend)
     max_rows: int = 150_000
 
     @property
@@ -66,15 +68,16 @@ CLICK = ModelSpec(
 SEND_HOUR = ModelSpec(
     name="send-hour",
     registered_name="pushplan-send-hour",
-    feature_service="send_hour_v1",
+    feature_service="send_hour_v2",
     examples="engagements",
     label="local hour (0-23) of an engagement: app open, purchase, push open or click",
     label_window=None,
     objective="multiclass",
-    metric="top3_hit_rate",
+    metric="within1_hit_rate",
     higher_is_better=True,
-    baselines=("population_best_hour", "user_most_frequent_hour"),
+    baselines=RULES,
     extra_columns=("is_weekend",),
+    blends_habits=True,
     params={
         **_BASE_PARAMS,
         "n_estimators": 150,
@@ -95,7 +98,7 @@ VARIANT = ModelSpec(
     objective="binary",
     metric="snips_model",
     higher_is_better=True,
-    baselines=("random_variant",),
+    baselines=("random_variant", "best_variant_overall"),
     chooses_variant=True,
     extra_columns=VARIANT_FEATURES,
     params={**_BASE_PARAMS, "num_leaves": 15, "min_child_samples": 100},

@@ -3,7 +3,11 @@ champions, and the listing behind `pushplan models list`."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -14,6 +18,11 @@ from pushplan.settings import Settings
 
 EXPERIMENT = "pushplan"
 CHAMPION = "champion"
+# Registered-model tags: the simple rule serving plans with when there is no champion, and the run
+# whose RULE_ARTIFACT holds its parameters, fitted on that run's training days (training.baselines).
+RULE_TAG = "serving_rule"
+RULE_RUN_TAG = "serving_rule_run"
+RULE_ARTIFACT = "serving_rule.json"
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -23,6 +32,9 @@ def tracking_uri(settings: Settings) -> str:
 def configure(settings: Settings) -> MlflowClient:
     """Point MLflow's tracking and registry at the profile's store; make sure the experiment exists."""
     uri = tracking_uri(settings)
+    # MLflow draws a progress bar for every artifact it downloads, a rule file or a model alike;
+    # commands keep the terminal to their own output (MLflow's documented switch).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -39,6 +51,20 @@ def champion_version(client: MlflowClient, name: str) -> Any | None:
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+
+
+def serving_rule(client: MlflowClient, name: str) -> tuple[str, dict[str, Any]] | None:
+    """The rule the last training run chose for serving without a champion, and its parameters."""
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
+        return None
+    rule, run_id = tags.get(RULE_TAG), tags.get(RULE_RUN_TAG)
+    if not rule or not run_id:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        path = client.download_artifacts(run_id, RULE_ARTIFACT, scratch)
+        return rule, json.loads(Path(path).read_text())["params"]
 
 
 @dataclass(frozen=True)

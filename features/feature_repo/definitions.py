@@ -48,12 +48,14 @@ user_engagement_source = _daily_source("user_engagement")
 user_rfm_source = _daily_source("user_rfm")
 user_fatigue_source = _daily_source("user_fatigue")
 user_tag_affinity_source = _daily_source("user_tag_affinity")
+user_hour_habits_source = _daily_source("user_hour_habits")
 TABLE_SOURCES = (
     user_profile_source,
     user_engagement_source,
     user_rfm_source,
     user_fatigue_source,
     user_tag_affinity_source,
+    user_hour_habits_source,
 )
 
 # Incoming events (sends, clicks) update fatigue online between batch builds.
@@ -197,6 +199,49 @@ user_tag_affinity_fv = FeatureView(
     tags={"group": "tastes", "cadence": "daily"},
 )
 
+user_hour_habits_fv = FeatureView(
+    name="user_hour_habits",
+    entities=[user],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(
+            name="hours_weekday_recent",
+            dtype=Array(Float32),
+            description="24 counts of engagements (opens, purchases, push opens and clicks) by local hour "
+            "on weekdays, each weighted by recency (half-life PUSHPLAN_HABIT_HALF_LIFE_DAYS).",
+        ),
+        Field(
+            name="hours_weekend_recent",
+            dtype=Array(Float32),
+            description="The same on weekend days (Saturday and Sunday in the user's zone).",
+        ),
+        Field(
+            name="hours_purchase_recent",
+            dtype=Array(Float32),
+            description="24 recency-weighted counts of purchases by local hour.",
+        ),
+        Field(
+            name="hours_push_recent",
+            dtype=Array(Float32),
+            description="24 recency-weighted counts of push opens and clicks by local hour.",
+        ),
+        Field(
+            name="hours_all_time",
+            dtype=Array(Float32),
+            description="24 counts of every engagement by local hour since the first, unweighted.",
+        ),
+        Field(
+            name="habit_events",
+            dtype=Float32,
+            description="Engagements since the first: how much history stands behind the habit.",
+        ),
+    ],
+    source=user_hour_habits_source,
+    online=True,
+    owner=OWNER,
+    tags={"group": "engagement", "cadence": "daily"},
+)
+
 # ---- request source ---------------------------------------------------------------------------
 
 campaign_request = RequestSource(
@@ -273,6 +318,21 @@ send_hour_v1 = FeatureService(
     tags={"model": "send_hour"},
 )
 
+send_hour_v2 = FeatureService(
+    name="send_hour_v2",
+    features=[
+        user_profile_fv[["timezone", "platform", "days_since_signup"]],
+        user_engagement_fv,
+        user_rfm_fv[["days_since_active", "lifecycle_stage", "frequency_90d"]],
+        user_fatigue_fv[["sends_30d", "clicks_30d"]],
+        user_hour_habits_fv,
+    ],
+    description="send_hour_v1 and the hour habits as counts (weekday / weekend, by kind, all time), "
+    "so the model can weigh a user's own history by how much of it there is.",
+    owner=OWNER,
+    tags={"model": "send_hour"},
+)
+
 variant_v1 = FeatureService(
     name="variant_v1",
     features=[
@@ -287,7 +347,7 @@ variant_v1 = FeatureService(
     tags={"model": "variant"},
 )
 
-FEATURE_SERVICES = (click_v1, send_hour_v1, variant_v1)
+FEATURE_SERVICES = (click_v1, send_hour_v1, send_hour_v2, variant_v1)
 
 # Everything `pushplan features apply` registers, in declaration order.
 REPO_OBJECTS = [
@@ -297,12 +357,14 @@ REPO_OBJECTS = [
     user_rfm_source,
     user_fatigue_source,
     user_tag_affinity_source,
+    user_hour_habits_source,
     user_fatigue_push_source,
     user_profile_fv,
     user_engagement_fv,
     user_rfm_fv,
     user_fatigue_fv,
     user_tag_affinity_fv,
+    user_hour_habits_fv,
     campaign_request,
     request_context,
     *FEATURE_SERVICES,

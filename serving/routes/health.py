@@ -12,8 +12,12 @@ router = APIRouter(tags=["health"])
 
 class Ready(BaseModel):
     ready: bool
-    models: dict[str, str] = Field(description="Model name to registry version, or `heuristic`.")
-    heuristics: list[str] = Field(description="Models with no champion, planned with population heuristics.")
+    models: dict[str, str] = Field(
+        description="Model name to its champion's registry version, `rule:<name>` when the simple rule "
+        "its last training found best serves instead (no version beat it), or `heuristic` (never trained)."
+    )
+    heuristics: list[str] = Field(description="Models with no champion, planned with a rule or heuristics.")
+    rules: dict[str, str] = Field(default_factory=dict, description="Model name to the rule serving it.")
 
 
 class NotReady(BaseModel):
@@ -39,7 +43,10 @@ def readyz(request: Request) -> JSONResponse:
         ready = True
     except Exception as exc:  # any store failure makes the instance unready, with the reason
         return JSONResponse({"ready": False, "reason": str(exc).splitlines()[0]}, status_code=503)
-    return JSONResponse({"ready": ready, "models": models.versions, "heuristics": models.missing})
+    rules = {name: rule for name, (rule, _) in models.rules.items()}
+    return JSONResponse(
+        {"ready": ready, "models": models.versions, "heuristics": models.missing, "rules": rules}
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse, description="Prometheus text exposition format.")

@@ -45,7 +45,7 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
         "simulate",
         "import",
         "features",
-        "built 5 feature tables",
+        "built 6 feature tables",
         "materialized",
         "train",
         "oracle share",

@@ -24,6 +24,7 @@ from serving.scoring import HEURISTIC, ModelSet, Scorer, variant_rows
 from tests.features_setup import built_store
 from training.evaluation import with_variant
 from training.frames import FeatureFrame
+from training.habits import COMPONENTS, HourBlend, Population
 from training.inference import predict
 from training.pipeline import input_columns
 from training.specs import SEND_HOUR, VARIANT
@@ -143,6 +144,14 @@ def test_array_scorers_give_the_pipelines_numbers(
     np.testing.assert_array_equal(models.hour_scores(hours), predict(SEND_HOUR, hour_model, hours))
     np.testing.assert_array_equal(
         models.hour_scores(hours.head(1)), predict(SEND_HOUR, hour_model, hours.head(1))
+    )
+    # The send-hour blend: the trees by their array form, then the habits mixed in, as `predict` does.
+    rng = np.random.default_rng(3)
+    weights = rng.dirichlet(np.ones(len(COMPONENTS)), size=4)
+    blend = HourBlend(hour_model, Population.fit(rng.integers(0, 24, 500), rng.random(500) < 0.3), weights)
+    blended = ModelSet(settings, models={SEND_HOUR.name: blend}, versions={SEND_HOUR.name: "2"})
+    np.testing.assert_allclose(
+        blended.hour_scores(hours), predict(SEND_HOUR, blend, hours), rtol=0, atol=1e-12
     )
 
     request = pd.DataFrame(

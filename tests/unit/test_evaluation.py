@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from training.evaluation import binary_metrics, hour_metrics, off_policy_values, oracle_share, top_k_hits
+from training.evaluation import (
+    binary_metrics,
+    hour_hits,
+    hour_metrics,
+    off_policy_values,
+    oracle_share,
+    top_k_hits,
+)
 from training.frames import variant_features
 from training.inference import choose_hours
 
@@ -32,11 +39,27 @@ def test_hour_hit_rates_and_baselines() -> None:
     proba[:, 20], proba[:, 21], proba[:, 8] = 0.5, 0.3, 0.2
     assert top_k_hits(hours, proba, 1) == 0.25
     assert top_k_hits(hours, proba, 3) == 0.75
-    metrics = hour_metrics(hours, proba, population_best=20, user_best=np.array([19, 8, 2, 3]))
-    assert metrics["population_best_hour_top1"] == 0.25
-    assert metrics["population_best_hour_top3"] == 0.5  # 20 and 21 fall in 19-21
-    assert metrics["user_most_frequent_hour_top1"] == 0.5
-    assert metrics["user_most_frequent_hour_top3"] == 0.75
+    rules = {"always_20": np.tile(np.eye(24)[20], (4, 1)), "own": np.eye(24)[[19, 8, 2, 3]]}
+    buckets = np.array([0, 3, 3, 3])
+    metrics = hour_metrics(hours, proba, rules, buckets)
+    # The served hour is the smoothed scores' best: 20 (0.5·1.25 + 0.3 beats 21's 0.3·1.25 + 0.5 + …).
+    assert metrics["top1_hit_rate"] == 0.25
+    assert metrics["within1_hit_rate"] == 0.5  # 20 and 21
+    assert (metrics["always_20_top1"], metrics["always_20_within1"]) == (0.25, 0.5)
+    assert (metrics["own_top1"], metrics["own_within1"]) == (0.5, 0.75)  # 19 is within one of 20
+    assert metrics["best_rule"] == "own"
+    assert metrics["by_history"]["0"] == {
+        "rows": 1,
+        **{f"{p}_{m}": 1.0 for p in ("model", "always_20") for m in ("top1", "within1")},
+        "own_top1": 0.0,
+        "own_within1": 1.0,
+    }
+    assert metrics["by_history"]["10+"]["rows"] == 3
+    assert metrics["by_history"]["1-2"]["rows"] == 0
+
+
+def test_within_one_hour_wraps_at_midnight() -> None:
+    assert hour_hits(np.array([0, 23, 12]), np.array([23, 0, 14])) == {"top1": 0.0, "within1": 2 / 3}
 
 
 def test_off_policy_values_by_hand() -> None:

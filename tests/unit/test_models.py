@@ -16,6 +16,7 @@ from features.store import snapshot_span, training_set
 from pushplan.settings import Settings
 from tests.features_setup import built_store
 from training.champions import evaluate_champions
+from training.habits import RULES
 from training.inference import choose_hours, load_champion, predict
 from training.pipeline import TrainResult, train
 from training.specs import CLICK, SEND_HOUR, SPECS, VARIANT
@@ -71,8 +72,13 @@ def test_models_beat_their_baselines(trained: tuple[Settings, FeatureStore, dict
     assert click["log_loss"] < click["base_rate_log_loss"]
     assert click["ece"] < 0.02
     hour = results["send-hour"].metrics
-    assert hour["top3_hit_rate"] > hour["population_best_hour_top3"]
-    assert hour["top3_hit_rate"] > hour["user_most_frequent_hour_top3"] - 0.02
+    print(json.dumps({k: v for k, v in hour.items() if k != "rule_params"}, indent=1, default=float))
+    for rule in RULES:
+        assert hour["within1_hit_rate"] > hour[f"{rule}_within1"], rule
+        assert hour["top1_hit_rate"] >= hour[f"{rule}_top1"], rule
+    assert results["send-hour"].verdict.beats
+    variant = results["variant"].metrics
+    print({k: v for k, v in variant.items() if "snips" in k or "ips" in k})
 
 
 def test_a_new_version_becomes_champion_only_when_it_wins(
@@ -135,6 +141,11 @@ def test_minimum_functionality_a_user_who_engages_at_20_gets_20(
     for column in ("activity_by_hour", "activity_by_hour_weekend", "push_engagement_by_hour"):
         only_at_20[column] = [spike] * len(only_at_20)
     only_at_20["activity_events"] = 60.0
+    counts = [0.0] * 24
+    counts[20] = 30.0
+    for column in ("hours_weekday_recent", "hours_weekend_recent", "hours_push_recent", "hours_all_time"):
+        only_at_20[column] = [counts] * len(only_at_20)
+    only_at_20["habit_events"] = 60.0
     chosen = choose_hours(predict(SEND_HOUR, model, only_at_20))
     assert np.isin(chosen, [19, 20, 21]).all()
 
@@ -248,7 +259,8 @@ def test_tuning_reuses_the_training_function(
     trained: tuple[Settings, FeatureStore, dict[str, TrainResult]],
 ) -> None:
     settings, _, _ = trained
-    tuned = train(SEND_HOUR, settings, eval_days=EVAL_DAYS, trials=2)
+    tuned = train(VARIANT, settings, eval_days=EVAL_DAYS, trials=2)
     run = configure(settings).get_run(tuned.run_id)
     assert run.data.params["tuning_trials"] == "2"
     assert 0 < tuned.value <= 1
+    assert tuned.metrics["rows"] > 0
