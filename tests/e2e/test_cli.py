@@ -161,10 +161,12 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     )
 
     features = json.loads(run("features", "get", "u0000001", "--json", "--hour", "20", env=env).stdout)
-    assert set(features["services"]) == {"click_v1", "send_hour_v1", "variant_v1"}
+    assert set(features["services"]) == {"click_v1", "send_hour_v1", "send_hour_v2", "variant_v1"}
     assert len(features["services"]["send_hour_v1"]["activity_by_hour"]) == 24
+    assert sum(features["services"]["send_hour_v2"]["hours_all_time"]) > 0
     cold = json.loads(run("features", "get", "someone-new", "--json", env=env).stdout)
     assert cold["services"]["send_hour_v1"]["lifecycle_stage"] == "new"
+    assert cold["services"]["send_hour_v2"]["habit_events"] == 0
 
     before = stats(env)
     assert before["users"] == 5000

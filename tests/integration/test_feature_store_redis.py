@@ -50,8 +50,8 @@ def test_materialized_features_are_in_redis_and_match_sqlite(
     local_settings = Settings(data_dir=tmp_path / "local")
     local = built_store(local_settings, sim_dir)
     users = [*pd.read_parquet(sim_dir / "users.parquet")["user_id"].iloc[:60].tolist(), "never-seen"]
-    from_redis = online_features(store, settings, "send_hour_v1", users)
-    from_sqlite = online_features(local, local_settings, "send_hour_v1", users)
+    from_redis = online_features(store, settings, "send_hour_v2", users)
+    from_sqlite = online_features(local, local_settings, "send_hour_v2", users)
     for column in from_redis.columns:
         a, b = from_redis[column].tolist(), from_sqlite[column].tolist()
         if isinstance(a[0], list | np.ndarray):

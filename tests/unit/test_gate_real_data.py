@@ -9,13 +9,15 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from benchmarks.quality import load, shared_data, valleybike
 from pushplan.settings import Settings
 from serving.scoring import ModelSet
-from training.habits import RULES
+from training.habits import RULES, Habits, Population, rule_scores
 from training.pipeline import train
 from training.specs import SEND_HOUR
 from training.tracking import CHAMPION, champion_version, configure
@@ -51,6 +53,7 @@ def _loaded(riders: list[Path], tmp_path: Path) -> Settings:
 def test_a_model_worse_than_the_mode_rule_is_never_promoted_and_a_losing_champion_retires(
     riders: list[Path], tmp_path: Path
 ) -> None:
+    riders_files = riders
     settings = _loaded(riders, tmp_path)
     client = configure(settings)
 
@@ -68,6 +71,27 @@ def test_a_model_worse_than_the_mode_rule_is_never_promoted_and_a_losing_champio
     models = ModelSet.load(settings)
     assert models.versions[SEND_HOUR.name] == f"rule:{best}"
     assert SEND_HOUR.name in models.missing and models.rules[SEND_HOUR.name][0] == best
+    # Readiness says which rule serves, as the plans' model_versions do.
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    with TestClient(create_app(settings)) as client_api:
+        ready = client_api.get("/readyz").json()
+    assert ready["models"][SEND_HOUR.name] == f"rule:{best}" and ready["rules"][SEND_HOUR.name] == best
+    assert SEND_HOUR.name in ready["heuristics"]
+    # The rule's hours are those of the rule itself: each rider's most frequent hour, say.
+    from features.store import feature_store, materialize, online_features
+
+    store = feature_store(settings)
+    materialize(store, settings)
+    riders = (
+        pd.read_csv(riders_files[1], dtype={"user_id": str})["user_id"].drop_duplicates().head(50).tolist()
+    )
+    features = online_features(store, settings, SEND_HOUR.feature_service, riders).assign(is_weekend=0.0)
+    population = Population.from_dict(models.rules[SEND_HOUR.name][1]["population"])
+    expected = rule_scores(best, Habits.of(features), population, 5.0)
+    np.testing.assert_array_equal(models.hour_scores(features), expected)
 
     # Forced in by hand, the weak model is champion; the next training re-scores it, finds it losing
     # to a rule, and retires it: serving goes back to the rule rather than keep a loser.

@@ -96,3 +96,26 @@ def test_the_planned_days_type_decides_which_habit_is_followed() -> None:
     assert choose_hours(on_monday)[0] == 8
     assert choose_hours(on_saturday)[0] == 11
     assert np.allclose(on_monday.sum(axis=1), 1.0) and np.allclose(on_saturday.sum(axis=1), 1.0)
+
+
+def test_the_gate_asks_each_model_to_beat_every_one_of_its_rules() -> None:
+    from training.baselines import verdict
+    from training.specs import CLICK, SEND_HOUR, VARIANT
+
+    click = {"log_loss": 0.110, "base_rate_log_loss": 0.109}
+    assert not verdict(CLICK, click).beats and verdict(CLICK, click).best_rule == "base_rate"
+    assert verdict(CLICK, {**click, "log_loss": 0.100}).beats
+
+    variant = {"snips_model": 0.030, "snips_random": 0.025, "snips_best_overall": 0.031}
+    judged = verdict(VARIANT, variant)
+    assert not judged.beats and judged.lost_to == ("best_variant_overall",)
+    assert judged.best_rule == "best_variant_overall"
+    assert verdict(VARIANT, {**variant, "snips_model": 0.032}).beats
+
+    hour = {"top1_hit_rate": 0.15, "within1_hit_rate": 0.35, "best_rule": "user_mode_hour"}
+    for rule in ("population_mode_hour", "user_mode_hour", "shrinkage_blend"):
+        hour |= {f"{rule}_top1": 0.10, f"{rule}_within1": 0.30}
+    assert verdict(SEND_HOUR, hour).beats
+    # Better within one hour is not enough when the rule's own hour is hit more often.
+    judged = verdict(SEND_HOUR, {**hour, "user_mode_hour_top1": 0.16})
+    assert not judged.beats and judged.lost_to == ("user_mode_hour",)

@@ -81,6 +81,18 @@ def test_models_beat_their_baselines(trained: tuple[Settings, FeatureStore, dict
     print({k: v for k, v in variant.items() if "snips" in k or "ips" in k})
 
 
+def test_every_first_version_is_promoted_exactly_when_it_beats_its_rules(
+    trained: tuple[Settings, FeatureStore, dict[str, TrainResult]],
+) -> None:
+    _, _, results = trained
+    for result in results.values():
+        assert result.verdict is not None and result.champion_value is None
+        assert result.promoted == result.verdict.beats
+        expected = f"v{result.version}" if result.promoted else f"rule:{result.verdict.best_rule}"
+        assert result.serving == expected
+    assert {"snips_model", "snips_random", "snips_best_overall"} <= set(results["variant"].metrics)
+
+
 def test_a_new_version_becomes_champion_only_when_it_wins(
     trained: tuple[Settings, FeatureStore, dict[str, TrainResult]],
 ) -> None:
