@@ -161,10 +161,11 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         typer.echo(json.dumps([m.as_dict() for m in models], indent=2, default=str))
         return
     table = Table(title="registered models")
-    for column in ("model", "versions", "aliases", "metric", "champion"):
+    for column in ("model", "versions", "aliases", "metric", "champion", "serving"):
         table.add_column(column)
     for m in models:
         champion = "—" if m.champion_metric is None else f"{m.champion_metric:.4f}"
         aliases = ", ".join(f"{a}→v{v}" for a, v in m.aliases.items())
-        table.add_row(m.name, str(len(m.versions)), aliases, m.headline_metric or "", champion)
+        serving = f"v{m.aliases['champion']}" if "champion" in m.aliases else f"rule:{m.serving_rule}"
+        table.add_row(m.name, str(len(m.versions)), aliases, m.headline_metric or "", champion, serving)
     out.print(table)

@@ -74,11 +74,13 @@ class RegisteredModelInfo:
     aliases: dict[str, str]
     headline_metric: str | None
     champion_metric: float | None
+    serving_rule: str | None = None  # the rule its last training found best (serves without a champion)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "aliases": self.aliases,
+            "serving_rule": self.serving_rule,
             "headline_metric": self.headline_metric,
             "champion_metric": self.champion_metric,
             "versions": self.versions,
@@ -111,7 +113,12 @@ def list_models(client: MlflowClient, headline: dict[str, str]) -> list[Register
         champion = next((v for v in versions if CHAMPION in v["aliases"]), None)
         out.append(
             RegisteredModelInfo(
-                model.name, versions, aliases, metric, champion["metric"] if champion else None
+                model.name,
+                versions,
+                aliases,
+                metric,
+                champion["metric"] if champion else None,
+                (model.tags or {}).get(RULE_TAG),
             )
         )
     return sorted(out, key=lambda m: m.name)

@@ -20,7 +20,7 @@ from serving.scoring import ModelSet
 from training.habits import RULES, Habits, Population, rule_scores
 from training.pipeline import train
 from training.specs import SEND_HOUR
-from training.tracking import CHAMPION, champion_version, configure
+from training.tracking import CHAMPION, champion_version, configure, list_models
 
 pytestmark = pytest.mark.slow
 TEST_DAYS = 21
@@ -71,6 +71,8 @@ def test_a_model_worse_than_the_mode_rule_is_never_promoted_and_a_losing_champio
     models = ModelSet.load(settings)
     assert models.versions[SEND_HOUR.name] == f"rule:{best}"
     assert SEND_HOUR.name in models.missing and models.rules[SEND_HOUR.name][0] == best
+    listed = {m.name: m for m in list_models(client, {SEND_HOUR.registered_name: SEND_HOUR.metric})}
+    assert listed[SEND_HOUR.registered_name].serving_rule == best
     # Readiness says which rule serves, as the plans' model_versions do.
     from fastapi.testclient import TestClient
 
