@@ -30,12 +30,12 @@ from sklearn.pipeline import Pipeline
 from features.store import feature_store, service_feature_names
 from pushplan.settings import Settings
 from training import evaluation
-from training.baselines import Verdict, variant_rate, variant_rates, verdict
+from training.baselines import VARIANT_LEAD_Z, Verdict, variant_rate, variant_rates, verdict
 from training.datasets import Split, build_split
 from training.frames import FeatureFrame
 from training.habits import RULES, Habits, HourBlend, Population, history_bucket, rule_scores
 from training.inference import choose_hours, predict
-from training.off_policy import estimates
+from training.off_policy import estimates, snips_difference
 from training.specs import ModelSpec
 from training.tracking import CHAMPION, RULE_ARTIFACT, RULE_RUN_TAG, RULE_TAG, champion_version, configure
 
@@ -181,6 +181,14 @@ def variant_off_policy(
     best = estimates(test["label"].to_numpy(dtype=float), propensity, best_overall.astype(float))
     values["ips_best_overall"] = best["ips"]["value"]
     values["snips_best_overall"] = best["snips"]["value"] if best["snips"] else 0.0
+    # How sure the logged sends are that the model's choices beat each rule's (paired, one-sided).
+    reward = test["label"].to_numpy(dtype=float)
+    for rule, target in (("random", 1.0 / n_variants), ("best_overall", best_overall.astype(float))):
+        gap = snips_difference(reward, propensity, chosen.astype(float), target, z=VARIANT_LEAD_Z)
+        values[f"snips_lead_over_{rule}"], values[f"snips_lead_over_{rule}_lower"] = (
+            gap["difference"],
+            gap["lower"],
+        )
     values["snips_lift"] = (
         values["snips_model"] / values["snips_random"] - 1 if values["snips_random"] else np.nan
     )

@@ -73,6 +73,21 @@ def test_off_policy_values_by_hand() -> None:
     assert values["snips_random"] == pytest.approx(0.5)
 
 
+def test_a_paired_snips_lead_by_hand() -> None:
+    from training.off_policy import snips_difference
+
+    reward = np.array([1.0, 0.0, 1.0, 0.0])
+    propensity = np.full(4, 0.5)
+    # A takes the logged action on rows 0 and 2 (both clicked), B on rows 1 and 3 (neither).
+    a, b = np.array([1.0, 0, 1, 0]), np.array([0.0, 1, 0, 1])
+    lead = snips_difference(reward, propensity, a, b, z=1.0)
+    assert lead["difference"] == pytest.approx(1.0)  # SNIPS 1.0 against 0.0
+    # Per-row paired terms are 2·(r - 1)·a_i - 2·(r - 0)·b_i + 1 = [1, 1, 1, 1]: no spread at all.
+    assert lead["lower"] == pytest.approx(1.0)
+    same = snips_difference(reward, propensity, a, a, z=1.0)
+    assert same["difference"] == 0 and same["lower"] == 0
+
+
 def test_oracle_share_splits_the_gap_into_time_and_variant() -> None:
     true_p = np.zeros((2, 24, 2))
     true_p[0, 20] = [0.10, 0.05]

@@ -106,11 +106,17 @@ def test_the_gate_asks_each_model_to_beat_every_one_of_its_rules() -> None:
     assert not verdict(CLICK, click).beats and verdict(CLICK, click).best_rule == "base_rate"
     assert verdict(CLICK, {**click, "log_loss": 0.100}).beats
 
-    variant = {"snips_model": 0.030, "snips_random": 0.025, "snips_best_overall": 0.031}
+    variant = {
+        "snips_model": 0.032,
+        "snips_random": 0.025,
+        "snips_best_overall": 0.031,
+        "snips_lead_over_random_lower": 0.004,
+        "snips_lead_over_best_overall_lower": -0.001,  # ahead by its point estimate, not surely
+    }
     judged = verdict(VARIANT, variant)
     assert not judged.beats and judged.lost_to == ("best_variant_overall",)
     assert judged.best_rule == "best_variant_overall"
-    assert verdict(VARIANT, {**variant, "snips_model": 0.032}).beats
+    assert verdict(VARIANT, {**variant, "snips_lead_over_best_overall_lower": 0.0005}).beats
 
     hour = {"top1_hit_rate": 0.15, "within1_hit_rate": 0.35, "best_rule": "user_mode_hour"}
     for rule in ("population_mode_hour", "user_mode_hour", "shrinkage_blend"):
