@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from benchmarks.quality import load, shared_data, valleybike
 from pushplan.settings import Settings
 from serving.scoring import ModelSet
+from training.champions import evaluate_champions
 from training.habits import RULES, Habits, Population, rule_scores
 from training.pipeline import train
 from training.specs import SEND_HOUR
@@ -94,6 +95,12 @@ def test_a_model_worse_than_the_mode_rule_is_never_promoted_and_a_losing_champio
     population = Population.from_dict(models.rules[SEND_HOUR.name][1]["population"])
     expected = rule_scores(best, Habits.of(features), population, 5.0)
     np.testing.assert_array_equal(models.hour_scores(features), expected)
+
+    # `pushplan evaluate` judges each model as it serves: the rule here, with the rule's own figures.
+    judged = evaluate_champions(settings, None, eval_days=TEST_DAYS)
+    assert judged["send-hour"]["serving"] == f"rule:{best}"
+    assert judged["send-hour"]["top1_hit_rate"] == pytest.approx(m[f"{best}_top1"])
+    assert judged["click"] == judged["variant"] == {"serving": "heuristic", "reason": "never trained"}
 
     # Forced in by hand, the weak model is champion; the next training re-scores it, finds it losing
     # to a rule, and retires it: serving goes back to the rule rather than keep a loser.
