@@ -63,16 +63,15 @@ def verdict(spec: ModelSpec, metrics: dict[str, Any]) -> Verdict:
         )
         return Verdict(not lost, str(metrics["best_rule"]), lost)
     if spec.chooses_variant:
-        values = {
-            "random_variant": metrics["snips_random"],
-            "best_variant_overall": metrics["snips_best_overall"],
-        }
         leads = {
             "random_variant": metrics["snips_lead_over_random_lower"],
             "best_variant_overall": metrics["snips_lead_over_best_overall_lower"],
         }
         lost = tuple(rule for rule, lead in leads.items() if not lead > 0)
-        return Verdict(not lost, max(values, key=lambda r: values[r]), lost)
+        # The best variant overall is served unless random variants surely did better: picked from
+        # noisy rates it is still, in expectation, no worse than a random one.
+        surely_random = metrics["snips_random_lead_over_best_overall_lower"] > 0
+        return Verdict(not lost, "random_variant" if surely_random else "best_variant_overall", lost)
     lost = () if metrics["log_loss"] < metrics["base_rate_log_loss"] else ("base_rate",)
     return Verdict(not lost, "base_rate", lost)
 

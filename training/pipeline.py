@@ -165,7 +165,10 @@ def variant_off_policy(
     n_variants = np.ones(len(test))
     for campaign, rows in test.groupby("campaign_id"):
         variants = by_campaign.get(str(campaign))
-        if variants is None or len(variants) < 2:
+        if variants is None:
+            continue
+        if len(variants) == 1:  # no choice to make: every policy sends the one variant
+            chosen[rows.index] = best_overall[rows.index] = True
             continue
         pick, _ = evaluation.best_variant(rows, variants, lambda frame: predict(spec, model, frame))
         ids = variants["variant_id"].to_numpy()
@@ -189,6 +192,10 @@ def variant_off_policy(
             gap["difference"],
             gap["lower"],
         )
+    random_lead = snips_difference(
+        reward, propensity, 1.0 / n_variants, best_overall.astype(float), z=VARIANT_LEAD_Z
+    )
+    values["snips_random_lead_over_best_overall_lower"] = random_lead["lower"]
     values["snips_lift"] = (
         values["snips_model"] / values["snips_random"] - 1 if values["snips_random"] else np.nan
     )

@@ -112,11 +112,17 @@ def test_the_gate_asks_each_model_to_beat_every_one_of_its_rules() -> None:
         "snips_best_overall": 0.031,
         "snips_lead_over_random_lower": 0.004,
         "snips_lead_over_best_overall_lower": -0.001,  # ahead by its point estimate, not surely
+        "snips_random_lead_over_best_overall_lower": -0.002,
     }
     judged = verdict(VARIANT, variant)
     assert not judged.beats and judged.lost_to == ("best_variant_overall",)
     assert judged.best_rule == "best_variant_overall"
     assert verdict(VARIANT, {**variant, "snips_lead_over_best_overall_lower": 0.0005}).beats
+    # Random variants are served only when they surely beat the best variant overall.
+    noisy = {**variant, "snips_random": 0.035}
+    assert verdict(VARIANT, noisy).best_rule == "best_variant_overall"
+    sure = {**noisy, "snips_random_lead_over_best_overall_lower": 0.001}
+    assert verdict(VARIANT, sure).best_rule == "random_variant"
 
     hour = {"top1_hit_rate": 0.15, "within1_hit_rate": 0.35, "best_rule": "user_mode_hour"}
     for rule in ("population_mode_hour", "user_mode_hour", "shrinkage_blend"):
