@@ -37,15 +37,20 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Where the workplace keeps the shared data sets, for a clone made elsewhere (CI clones anywhere).
+WORKPLACE_SHARED = Path("/work/shared/data")
+
+
 def shared_data() -> Path:
-    """The shared data sets: $PUSHPLAN_SHARED_DATA, else the `shared/data` beside or above the repo."""
+    """The shared data sets: $PUSHPLAN_SHARED_DATA, else the `shared/data` beside or above the repo,
+    else the workplace's."""
     if os.environ.get("PUSHPLAN_SHARED_DATA"):
         return Path(os.environ["PUSHPLAN_SHARED_DATA"])
     for parent in REPO.parents:
         candidate = parent / "shared" / "data"
         if (candidate / "valleybike_trips").exists():
             return candidate
-    return REPO.parent / "shared" / "data"
+    return WORKPLACE_SHARED
 
 
 def valleybike(out: Path, start: str, end: str, users: int | None = None, seed: int = 0) -> tuple[Path, Path]:
