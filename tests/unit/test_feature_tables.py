@@ -10,7 +10,7 @@ import pytest
 
 from features.event_store import EventStore
 from features.feature_repo.transforms import request_context_features
-from features.tables import build_feature_tables, smoothed_shares, table_path, trailing
+from features.tables import build_feature_tables, decayed, smoothed_shares, table_path, trailing
 from pushplan.domain import VARIANT_TAGS
 from pushplan.settings import Settings
 
@@ -141,6 +141,28 @@ def test_engagement_is_by_local_hour_and_weekend(built: dict[str, pd.DataFrame])
     assert sum(ana["activity_by_hour"]) == pytest.approx(1.0, abs=1e-5)
     bo = engagement.loc[("bo", at("2026-09-04"))]
     assert int(np.argmax(bo["activity_by_hour"])) == 9
+
+
+def test_recency_weighting_halves_an_event_every_half_life() -> None:
+    daily = np.array([[1, 0, 0, 2]], dtype=np.float32)
+    assert decayed(daily, half_life_days=1.0).tolist() == [[1.0, 0.5, 0.25, 2.125]]
+
+
+def test_hour_habits_are_counts_by_day_type_kind_and_recency(built: dict[str, pd.DataFrame]) -> None:
+    ana = built["user_hour_habits"].loc[("ana", at("2026-09-06"))]  # sees 09-01 … 09-05
+    keep = 0.5 ** (1 / 30)  # PUSHPLAN_HABIT_HALF_LIFE_DAYS
+    weekday = np.asarray(ana["hours_weekday_recent"])
+    # Tokyo time: open Tue 20:00 (4 days back), push click Wed 18:20 (3), purchase Thu 19:00 (2).
+    assert weekday[[20, 18, 19]] == pytest.approx([keep**4, keep**3, keep**2], rel=1e-5)
+    assert weekday.sum() == pytest.approx(keep**4 + keep**3 + keep**2, rel=1e-5)
+    weekend = np.asarray(ana["hours_weekend_recent"])
+    assert weekend[20] == pytest.approx(1.0) and weekend.sum() == pytest.approx(1.0)  # Saturday 20:30
+    assert np.asarray(ana["hours_purchase_recent"])[19] == pytest.approx(keep**2, rel=1e-5)
+    assert np.asarray(ana["hours_push_recent"])[18] == pytest.approx(keep**3, rel=1e-5)
+    assert np.asarray(ana["hours_all_time"])[[18, 19, 20]].tolist() == [1, 1, 2]
+    assert ana["habit_events"] == 4  # the push_sent is not an engagement
+    before = built["user_hour_habits"].loc[("ana", at("2026-09-02"))]  # sees 09-01 only
+    assert before["habit_events"] == 1 and np.asarray(before["hours_all_time"])[20] == 1
 
 
 def test_fatigue_and_tag_affinity(built: dict[str, pd.DataFrame]) -> None:
