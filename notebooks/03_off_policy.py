@@ -40,15 +40,18 @@ from features.store import feature_store
 from pushplan.notebook import demo_settings
 from training.datasets import build_split
 from training.evaluation import best_variant
-from training.inference import load_champion, predict
+from training.inference import load_newest, predict
 from training.off_policy import estimates
 from training.pipeline import EVAL_DAYS, EXPLORED_HOURS
 from training.specs import SPECS
 
 settings = demo_settings()
 spec = SPECS["variant"]
-model = load_champion(spec, settings)
-assert model is not None, "no champion variant model: run `make demo` (or `pushplan train all`) first"
+newest = load_newest(spec, settings)
+assert newest is not None, "no variant model: run `make demo` (or `pushplan train all`) first"
+model, version, is_champion = newest
+# A version that did not beat its rules is registered but not champion; it is studied all the same.
+print(f"variant model v{version}" + ("" if is_champion else " (not champion: a simple rule serves instead)"))
 split = build_split(spec, feature_store(settings), settings, EVAL_DAYS)
 test = split.test
 print(f"{len(test):,} logged sends on the test days ({split.cutoff:%Y-%m-%d} on), never seen in training")

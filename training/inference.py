@@ -38,6 +38,24 @@ def load_champion(spec: ModelSpec, settings: Settings) -> Any | None:
     return mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}")
 
 
+def load_newest(spec: ModelSpec, settings: Settings) -> tuple[Any, int, bool] | None:
+    """The champion, else the newest registered version (one that did not beat its rules), with its
+    version and whether it is champion: what a notebook studies even when a rule serves."""
+    client = configure(settings)
+    champion = champion_version(client, spec.registered_name)
+    if champion is not None:
+        return (
+            mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}"),
+            int(champion.version),
+            True,
+        )
+    versions = client.search_model_versions(f"name='{spec.registered_name}'")
+    if not versions:
+        return None
+    newest = max(int(v.version) for v in versions)
+    return mlflow.sklearn.load_model(f"models:/{spec.registered_name}/{newest}"), newest, False
+
+
 def trained_service(spec: ModelSpec, version: Any) -> str:
     """The feature service a registered version was trained with (its `feature_service` tag, set by
     training.pipeline.train), else the spec's own: a `variant_v2` champion is served v2 features."""
