@@ -265,6 +265,7 @@ def simulated(args: argparse.Namespace) -> None:
         "gap_from_variant",
         "random_share",
         "population_best_hour_share",
+        "best_single_variant_share",
     )
     print(f"{'users x days':<14} {'seed':>4} " + " ".join(f"{c:>26}" for c in columns) + "  serving")
     rows = []

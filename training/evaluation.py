@@ -171,6 +171,10 @@ def oracle_share(true_p: np.ndarray, hour_choice: np.ndarray, variant_choice: np
         ),
         "variant_only_share": float(true_p[users, best_hour, variant_choice].sum() / total),
         "random_share": float(true_p.mean(axis=(1, 2)).sum() / total),
+        # The ceiling of any variant choice that does not tell users apart: one variant for all.
+        "best_single_variant_share": float(
+            true_p[users, best_hour].sum(axis=0).max() / total if true_p.shape[2] else float("nan")
+        ),
         "users": len(users),
     }
 

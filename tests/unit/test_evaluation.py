@@ -98,6 +98,8 @@ def test_oracle_share_splits_the_gap_into_time_and_variant() -> None:
     assert shares["oracle_share"] == pytest.approx((0.08 + 0.02) / best)
     assert shares["hour_only_share"] == pytest.approx((0.08 + 0.06) / best)
     assert shares["variant_only_share"] == pytest.approx((0.10 + 0.02) / best)
+    # One variant for both users, at their best hours: variant 1 gives 0.05 + 0.06, variant 0 0.12.
+    assert shares["best_single_variant_share"] == pytest.approx(max(0.10 + 0.02, 0.05 + 0.06) / best)
     assert shares["random_share"] == pytest.approx(true_p.mean(axis=(1, 2)).sum() / best)
 
 
