@@ -139,10 +139,6 @@ def rule_scores(rule: str, habits: Habits, population: Population, prior_events:
     raise ValueError(f"unknown send-hour rule {rule!r}; expected one of {', '.join(RULES)}")
 
 
-def _smoothed(counts: np.ndarray) -> np.ndarray:
-    return smooth_hours(counts)
-
-
 class HourBlend(ClassifierMixin, BaseEstimator):
     """LightGBM's hour probabilities and the user's habits, mixed by weights per history size."""
 
@@ -167,8 +163,8 @@ class HourBlend(ClassifierMixin, BaseEstimator):
                 shares(habits.day_type, base),
                 shares(habits.recent, base),
                 shares(habits.all_time, base),
-                shares(_smoothed(habits.day_type), base),
-                shares(_smoothed(habits.all_time), base),
+                shares(smooth_hours(habits.day_type), base),
+                shares(smooth_hours(habits.all_time), base),
                 base,
                 np.full((n, 24), 1 / 24),
             ]
