@@ -53,9 +53,17 @@ def shared_data() -> Path:
     return WORKPLACE_SHARED
 
 
-def valleybike(out: Path, start: str, end: str, users: int | None = None, seed: int = 0) -> tuple[Path, Path]:
+def valleybike(
+    out: Path,
+    start: str,
+    end: str,
+    users: int | None = None,
+    seed: int = 0,
+    converter_args: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
     """users.csv and events.csv of the riders' trips in [start, end) (UTC), by the data set's own
-    converter; `users` keeps that many riders, drawn at random, with all their trips."""
+    converter (with `converter_args`); `users` keeps that many riders, drawn at random, with all
+    their trips."""
     source = shared_data() / "valleybike_trips"
     if not (source / "trips.csv.gz").exists():
         raise FileNotFoundError(
@@ -63,7 +71,7 @@ def valleybike(out: Path, start: str, end: str, users: int | None = None, seed: 
         )
     converted = out / "converted"
     subprocess.run(
-        [sys.executable, str(source / "to_pushplan.py"), str(converted)],
+        [sys.executable, str(source / "to_pushplan.py"), str(converted), *converter_args],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -251,6 +259,79 @@ def real(args: argparse.Namespace) -> None:
             _chart(args.chart, m, figures)
 
 
+def last_trip(args: argparse.Namespace) -> None:
+    """The issue's first look, on the pipeline: each regular rider's last trip (riders with 6 to 500
+    trips, 2018-2020), predicted from the features as of it, by a send-hour model trained only on
+    engagements before --cutoff; riders whose last trip is after the cut-off are judged."""
+    from features.store import training_set
+    from pushplan.clock import local_clock
+    from pushplan.settings import Settings
+    from training.habits import RULES, Habits, Population, rule_scores
+    from training.inference import choose_hours, load_newest, predict
+    from training.pipeline import train
+    from training.specs import SEND_HOUR
+    from training.tracking import configure, serving_rule
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        began = time.perf_counter()
+        files = valleybike(
+            root / "input",
+            "2018-01-01",
+            "2021-01-01",
+            converter_args=("--min-events", "6", "--max-events", "500"),
+        )
+        events = pd.read_csv(files[1], dtype={"user_id": str})
+        events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
+        riders = events["user_id"].nunique()
+        print(f"ValleyBike riders with 6-500 trips: {riders:,} riders, {len(events):,} trips")
+        settings = Settings(data_dir=root / "data")
+        store = load(settings, files)
+        cutoff = pd.Timestamp(args.cutoff, tz="UTC")
+        last_day = events["timestamp"].max().normalize()
+        result = train(SEND_HOUR, settings, eval_days=int((last_day - cutoff).days) + 1)
+        judged = result.verdict.describe() if result.verdict else ""
+        print(f"send-hour v{result.version} trained on engagements before {cutoff:%Y-%m-%d}: {judged}")
+        m = result.metrics
+        print(f"  its test days ({m['rows']:,} engagements), top-1 / within one hour:")
+        for name, key in (("model", None), *((rule, rule) for rule in RULES)):
+            top1 = m["top1_hit_rate"] if key is None else m[f"{key}_top1"]
+            within = m["within1_hit_rate"] if key is None else m[f"{key}_within1"]
+            print(f"    {name:<22} {top1:.3f} / {within:.3f}")
+        last = events.sort_values("timestamp").groupby("user_id").tail(1)
+        last = last[last["timestamp"] >= cutoff].reset_index(drop=True)
+        zones = np.full(len(last), "America/New_York", dtype=object)
+        hour, weekend = local_clock(last["timestamp"].dt.tz_localize(None).to_numpy(), zones)
+        rows = pd.DataFrame(
+            {
+                "user_id": last["user_id"],
+                "event_timestamp": last["timestamp"],
+                "is_weekend": weekend.astype(float),
+            }
+        )
+        features = training_set(store, settings, SEND_HOUR.feature_service, rows)
+        newest = load_newest(SEND_HOUR, settings)
+        assert newest is not None
+        model, version, _ = newest
+        params = serving_rule(configure(settings), SEND_HOUR.registered_name)
+        assert params is not None
+        population = Population.from_dict(params[1]["population"])
+        habits = Habits.of(features)
+        choices = {f"model v{version}": choose_hours(predict(SEND_HOUR, model, features))}
+        for rule in RULES:
+            choices[rule] = choose_hours(
+                rule_scores(rule, habits, population, float(params[1]["prior_events"]))
+            )
+        print(
+            f"\neach rider's last trip, {len(last):,} riders whose last trip is on or after {cutoff:%Y-%m-%d}"
+        )
+        print("  top-1 / within one hour")
+        for name, chosen in choices.items():
+            top1, within = hits(hour, chosen)
+            print(f"  {name:<24} {top1:.3f} / {within:.3f}")
+        print(f"\n{time.perf_counter() - began:.0f} s")
+
+
 def simulated(args: argparse.Namespace) -> None:
     """The robustness table: oracle share and its gaps for each history size and seed."""
     from features.simulator import simulate
@@ -342,6 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chart", type=Path, default=None, help="write the figures as a PNG chart")
     parser.add_argument("--simulated", action="store_true", help="the simulator's robustness table instead")
     parser.add_argument(
+        "--last-trip", action="store_true", help="each regular rider's last trip, 2018-2020, instead"
+    )
+    parser.add_argument("--cutoff", default="2019-10-01", help="--last-trip: train on engagements before it")
+    parser.add_argument(
         "--rows", default="2000x30,3000x45,5000x60,20000x30", help="users x days, comma-separated"
     )
     parser.add_argument("--seeds", default="1,2,3", help="simulation seeds, comma-separated")
@@ -352,6 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     if args.simulated:
         simulated(args)
+    elif args.last_trip:
+        last_trip(args)
     else:
         real(args)
 
