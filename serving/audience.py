@@ -75,6 +75,7 @@ def build_audience(
         [(v.title, list(v.tags)) for v in campaign.variants],
         [v.variant_id for v in campaign.variants],
         user_ids,
+        campaign.campaign_id,
     )
     return Audience(users, hour_scores, variant_scores, dict(models.versions))
 

@@ -135,6 +135,7 @@ class ModelSet:
         variants: list[tuple[str, list[str]]],
         variant_ids: list[str] | None = None,
         user_ids: list[str] | None = None,
+        campaign_id: str = "",
     ) -> np.ndarray:
         """(users × variants) p(click): the variant model, else its best rule, else the users' smoothed
         affinity for the tags.
@@ -148,7 +149,7 @@ class ModelSet:
             ids = variant_ids or [title for title, _ in variants]
             users = np.asarray(user_ids if user_ids is not None else features.index.astype(str), dtype=object)
             pairs = [(v, tags) for v, (_, tags) in zip(ids, variants, strict=True)]
-            return variant_rule_scores(rule, params, users, pairs)
+            return variant_rule_scores(rule, params, users, pairs, campaign_id)
         scorer = self.scorer(VARIANT.name)
         if model is None or scorer is None:
             columns = []

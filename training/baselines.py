@@ -83,7 +83,7 @@ def variant_rates(history: pd.DataFrame) -> dict[str, Any]:
     """Click rates fitted on logged sends (label, variant_id, tag_* columns): per variant with enough
     sends, per tag, and overall; the parameters of `best_variant_overall`."""
     overall = float(history["label"].mean()) if len(history) else 0.0
-    by_variant = history.groupby("variant_id")["label"].agg(["mean", "size"])
+    by_variant = history.groupby(["campaign_id", "variant_id"])["label"].agg(["mean", "size"])
     by_variant = by_variant[by_variant["size"] >= MIN_VARIANT_SENDS]
     tags = {}
     for tag in VARIANT_TAGS:
@@ -92,14 +92,20 @@ def variant_rates(history: pd.DataFrame) -> dict[str, Any]:
             tags[tag] = round(float(history.loc[history[column] > 0, "label"].mean()), 6)
     return {
         "overall": round(overall, 6),
-        "variants": {str(v): round(float(r), 6) for v, r in by_variant["mean"].items()},
+        "variants": {variant_key(c, v): round(float(r), 6) for (c, v), r in by_variant["mean"].items()},
         "tags": tags,
     }
 
 
-def variant_rate(rates: dict[str, Any], variant_id: str, tags: list[str]) -> float:
-    """A variant's expected click rate under `best_variant_overall`: its own, else its tags', else overall."""
-    own = rates["variants"].get(str(variant_id))
+def variant_key(campaign_id: object, variant_id: object) -> str:
+    """A variant's key among all campaigns': variant ids are only unique within their campaign."""
+    return f"{campaign_id}\x1f{variant_id}"
+
+
+def variant_rate(rates: dict[str, Any], campaign_id: str, variant_id: str, tags: list[str]) -> float:
+    """A variant's expected click rate under `best_variant_overall`: its own (a campaign sent before),
+    else its tags', else overall."""
+    own = rates["variants"].get(variant_key(campaign_id, variant_id))
     if own is not None:
         return float(own)
     known = [rates["tags"][t] for t in tags if t in rates["tags"]]
@@ -107,12 +113,16 @@ def variant_rate(rates: dict[str, Any], variant_id: str, tags: list[str]) -> flo
 
 
 def variant_rule_scores(
-    rule: str, params: dict[str, Any], user_ids: np.ndarray, variants: list[tuple[str, list[str]]]
+    rule: str,
+    params: dict[str, Any],
+    user_ids: np.ndarray,
+    variants: list[tuple[str, list[str]]],
+    campaign_id: str = "",
 ) -> np.ndarray:
     """(users × variants) scores of a variant rule: every user the best variant overall, or each user a
     variant drawn uniformly (fixed per user and variant set, so a re-plan gives the same one)."""
     if rule == "best_variant_overall":
-        rates = np.array([variant_rate(params, v, tags) for v, tags in variants])
+        rates = np.array([variant_rate(params, campaign_id, v, tags) for v, tags in variants])
         return np.tile(rates, (len(user_ids), 1))
     if rule == "random_variant":
         salt = "\x1f".join(v for v, _ in variants)

@@ -87,10 +87,13 @@ class RuleModel:
         ids = frame["candidate_variant_id"] if "candidate_variant_id" in frame else frame["variant_id"]
         tags = frame["variant_tags"].fillna("").str.split(",")
         users = frame["user_id"].astype(str).to_numpy()
+        campaigns = (
+            frame["campaign_id"].astype(str) if "campaign_id" in frame else pd.Series("", index=frame.index)
+        )
         rates = np.array(
             [
-                variant_rule_scores(self.rule, self.params, users[i : i + 1], [(str(v), list(t))])[0, 0]
-                for i, (v, t) in enumerate(zip(ids, tags, strict=True))
+                variant_rule_scores(self.rule, self.params, users[i : i + 1], [(str(v), list(t))], c)[0, 0]
+                for i, (v, t, c) in enumerate(zip(ids, tags, campaigns, strict=True))
             ]
         )
         return np.column_stack([1 - rates, rates])

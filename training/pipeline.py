@@ -175,7 +175,12 @@ def variant_off_policy(
         logged = rows["variant_id"].to_numpy()
         chosen[rows.index] = ids[pick] == logged
         overall = int(
-            np.argmax([variant_rate(rates, v.variant_id, list(v.tags)) for v in variants.itertuples()])
+            np.argmax(
+                [
+                    variant_rate(rates, str(campaign), v.variant_id, list(v.tags))
+                    for v in variants.itertuples()
+                ]
+            )
         )
         best_overall[rows.index] = ids[overall] == logged
         n_variants[rows.index] = len(variants)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from training.habits import COMPONENTS, Habits, HourBlend, Population, _em, history_bucket, rule_scores
 from training.inference import choose_hours
@@ -131,3 +132,32 @@ def test_the_gate_asks_each_model_to_beat_every_one_of_its_rules() -> None:
     # Better within one hour is not enough when the rule's own hour is hit more often.
     judged = verdict(SEND_HOUR, {**hour, "user_mode_hour_top1": 0.16})
     assert not judged.beats and judged.lost_to == ("user_mode_hour",)
+
+
+def test_best_variant_overall_knows_variants_by_campaign_and_new_ones_by_their_tags() -> None:
+    from training.baselines import MIN_VARIANT_SENDS, variant_rate, variant_rates, variant_rule_scores
+
+    n = MIN_VARIANT_SENDS
+    history = pd.DataFrame(
+        {
+            "campaign_id": ["c1"] * (2 * n) + ["c2"] * (2 * n),
+            "variant_id": ["a"] * n + ["b"] * n + ["a"] * n + ["b"] * n,
+            # c1's "a" wins, c2's "a" loses: the same id in two campaigns is two variants.
+            "label": [1] * (n // 2)
+            + [0] * (n // 2)
+            + [0] * n
+            + [0] * n
+            + [1] * (n // 4)
+            + [0] * (3 * n // 4),
+            "tag_discount": [1.0] * n + [0.0] * n + [0.0] * n + [1.0] * n,
+        }
+    )
+    rates = variant_rates(history)
+    assert variant_rate(rates, "c1", "a", []) == pytest.approx(0.5)
+    assert variant_rate(rates, "c2", "a", []) == 0.0
+    # A campaign never sent: its variant "a" is judged by its tags, not by another campaign's "a".
+    new = variant_rule_scores(
+        "best_variant_overall", rates, np.array(["u1", "u2"]), [("a", []), ("b", ["discount"])], "c3"
+    )
+    assert new.shape == (2, 2) and (new.argmax(axis=1) == 1).all()
+    assert new[0, 0] == pytest.approx(rates["overall"])
