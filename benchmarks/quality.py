@@ -190,12 +190,6 @@ def replay(settings: Any, store: Any, events: pd.DataFrame, days: list[pd.Timest
     return pd.concat(frames, ignore_index=True)
 
 
-def hits(truth: np.ndarray, chosen: np.ndarray) -> tuple[float, float]:
-    apart = np.abs(np.asarray(truth) - np.asarray(chosen))
-    apart = np.minimum(apart, 24 - apart)
-    return float((apart == 0).mean()), float((apart <= 1).mean())
-
-
 def any_hits(rode: pd.Series, chosen: np.ndarray) -> tuple[float, float]:
     """Top-1 and within one hour of any of the rides that day (the rider was out at the push's hour)."""
     apart = np.array(
@@ -206,6 +200,7 @@ def any_hits(rode: pd.Series, chosen: np.ndarray) -> tuple[float, float]:
 
 def real(args: argparse.Namespace) -> None:
     from pushplan.settings import Settings
+    from training.evaluation import hour_hits
     from training.habits import RULES
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -247,7 +242,8 @@ def real(args: argparse.Namespace) -> None:
         print(f"  {'':<32} {'first ride of the day':>22}  {'any ride that day':>20}")
         figures = {}
         for policy in ["served", *RULES]:
-            figures[policy] = hits(planned["truth"], planned[policy])
+            hit = hour_hits(planned["truth"], planned[policy])
+            figures[policy] = (hit["top1"], hit["within1"])
             anywhere = any_hits(planned["rode"], planned[policy].to_numpy())
             label = f"served ({hour.serving})" if policy == "served" else policy
             print(
@@ -266,7 +262,8 @@ def last_trip(args: argparse.Namespace) -> None:
     from features.store import training_set
     from pushplan.clock import local_clock
     from pushplan.settings import Settings
-    from training.habits import RULES, Habits, Population, rule_scores
+    from training.evaluation import hour_hits
+    from training.habits import RULES, fitted_rule_scores
     from training.inference import choose_hours, load_newest, predict
     from training.pipeline import train
     from training.specs import SEND_HOUR
@@ -315,20 +312,16 @@ def last_trip(args: argparse.Namespace) -> None:
         model, version, _ = newest
         params = serving_rule(configure(settings), SEND_HOUR.registered_name)
         assert params is not None
-        population = Population.from_dict(params[1]["population"])
-        habits = Habits.of(features)
         choices = {f"model v{version}": choose_hours(predict(SEND_HOUR, model, features))}
         for rule in RULES:
-            choices[rule] = choose_hours(
-                rule_scores(rule, habits, population, float(params[1]["prior_events"]))
-            )
+            choices[rule] = choose_hours(fitted_rule_scores(rule, params[1], features))
         print(
             f"\neach rider's last trip, {len(last):,} riders whose last trip is on or after {cutoff:%Y-%m-%d}"
         )
         print("  top-1 / within one hour")
         for name, chosen in choices.items():
-            top1, within = hits(hour, chosen)
-            print(f"  {name:<24} {top1:.3f} / {within:.3f}")
+            hit = hour_hits(hour, chosen)
+            print(f"  {name:<24} {hit['top1']:.3f} / {hit['within1']:.3f}")
         print(f"\n{time.perf_counter() - began:.0f} s")
 
 

@@ -29,7 +29,7 @@ ACTIVITY = (EventType.app_open, EventType.purchase)
 PUSH_ENGAGEMENT = (EventType.push_opened, EventType.push_clicked)
 ACTIVE = (*ACTIVITY, *PUSH_ENGAGEMENT, EventType.converted)
 RFM_WINDOW_DAYS = 90
-# What the send-hour model learns from (training.datasets.ENGAGEMENT): the hours a user engages in.
+# Engagements: the hours a user engages in, the send-hour model's examples and habits.
 HABIT = (*ACTIVITY, *PUSH_ENGAGEMENT)
 TABLES = (
     "user_profile",
@@ -163,24 +163,23 @@ class _Grid:
     def of(self, kinds: tuple[EventType, ...]) -> pd.DataFrame:
         return self.events[self.events["event_type"].isin([k.value for k in kinds])]
 
-    def daily(self, kinds: tuple[EventType, ...], bins: str | None = None, width: int = 1) -> np.ndarray:
-        """Event counts per (user, day[, bin])."""
+    def daily(
+        self,
+        kinds: tuple[EventType, ...],
+        bins: str | None = None,
+        width: int = 1,
+        weekend: bool | None = None,
+    ) -> np.ndarray:
+        """Event counts per (user, day[, bin]); of weekend days or of weekdays only if `weekend` says."""
         chosen = self.of(kinds)
+        if weekend is not None:
+            chosen = chosen[chosen["weekend"] == weekend]
         shape = (self.n_users, self.n_days) if bins is None else (self.n_users, self.n_days, width)
         counts = np.zeros(shape, dtype=np.float32)
         index: tuple[np.ndarray, ...] = (chosen["u"].to_numpy(), chosen["d"].to_numpy())
         if bins is not None:
             index = (*index, chosen[bins].to_numpy())
         np.add.at(counts, index, 1.0)
-        return counts
-
-    def daily_hours(self, kinds: tuple[EventType, ...], weekend: bool | None = None) -> np.ndarray:
-        """Event counts per (user, day, local hour), of weekend days or weekdays only if `weekend` says."""
-        chosen = self.of(kinds)
-        if weekend is not None:
-            chosen = chosen[chosen["weekend"] == weekend]
-        counts = np.zeros((self.n_users, self.n_days, 24), dtype=np.float32)
-        np.add.at(counts, (chosen["u"].to_numpy(), chosen["d"].to_numpy(), chosen["hour"].to_numpy()), 1.0)
         return counts
 
     def last_at(self, kinds: tuple[EventType, ...]) -> np.ndarray:
@@ -281,13 +280,7 @@ def _opt_in_by_day(grid: _Grid, channel: str) -> np.ndarray:
 def _engagement(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
     window, prior = settings.engagement_window_days, settings.engagement_prior_events
     activity = trailing(grid.daily(ACTIVITY, "hour", 24), window)
-    weekend_events = grid.of(ACTIVITY)
-    weekend_only = np.zeros_like(activity)
-    if not weekend_events.empty:
-        chosen = weekend_events[weekend_events["weekend"]]
-        daily = np.zeros((grid.n_users, grid.n_days, 24), dtype=np.float32)
-        np.add.at(daily, (chosen["u"].to_numpy(), chosen["d"].to_numpy(), chosen["hour"].to_numpy()), 1.0)
-        weekend_only = trailing(daily, window)
+    weekend_only = trailing(grid.daily(ACTIVITY, "hour", 24, weekend=True), window)
     push = trailing(grid.daily(PUSH_ENGAGEMENT, "hour", 24), window)
     totals = activity.sum(axis=2)
     return {
@@ -306,13 +299,16 @@ def _hour_habits(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
     """Each user's engagement by local hour as counts (not shares), so a model sees how much history
     stands behind a habit: recency-weighted on weekdays and on weekend days, by kind, and all time."""
     half_life = settings.habit_half_life_days
+    weekdays = grid.daily(HABIT, "hour", 24, weekend=False)
+    weekends = grid.daily(HABIT, "hour", 24, weekend=True)
+    all_time = np.cumsum(weekdays + weekends, axis=1, dtype=np.float32)
     return {
-        "hours_weekday_recent": decayed(grid.daily_hours(HABIT, weekend=False), half_life),
-        "hours_weekend_recent": decayed(grid.daily_hours(HABIT, weekend=True), half_life),
-        "hours_purchase_recent": decayed(grid.daily_hours((EventType.purchase,)), half_life),
-        "hours_push_recent": decayed(grid.daily_hours(PUSH_ENGAGEMENT), half_life),
-        "hours_all_time": np.cumsum(grid.daily_hours(HABIT), axis=1, dtype=np.float32),
-        "habit_events": np.cumsum(grid.daily(HABIT), axis=1, dtype=np.float32),
+        "hours_weekday_recent": decayed(weekdays, half_life),
+        "hours_weekend_recent": decayed(weekends, half_life),
+        "hours_purchase_recent": decayed(grid.daily((EventType.purchase,), "hour", 24), half_life),
+        "hours_push_recent": decayed(grid.daily(PUSH_ENGAGEMENT, "hour", 24), half_life),
+        "hours_all_time": all_time,
+        "habit_events": all_time.sum(axis=2),
     }
 
 

@@ -20,7 +20,7 @@ from pushplan.domain import VARIANT_TAGS
 from pushplan.settings import Settings
 from training.baselines import variant_rule_scores
 from training.frames import CATEGORIES, HOUR_VECTORS, hour_matrix, timezone_group, variant_features
-from training.habits import Habits, HourBlend, Population, rule_scores
+from training.habits import HourBlend, fitted_rule_scores
 from training.inference import predict, trained_service
 from training.specs import SEND_HOUR, SPECS, VARIANT
 from training.tracking import CHAMPION, champion_version, configure, serving_rule
@@ -117,8 +117,7 @@ class ModelSet:
         if model is None:
             if SEND_HOUR.name in self.rules:
                 rule, params = self.rules[SEND_HOUR.name]
-                population = Population.from_dict(params["population"])
-                return rule_scores(rule, Habits.of(features), population, float(params["prior_events"]))
+                return fitted_rule_scores(rule, params, features)
             return np.stack([np.asarray(v, dtype=float) for v in features["activity_by_hour"]])
         scorer = self.scorer(SEND_HOUR.name)
         if scorer is None:

@@ -27,7 +27,15 @@ from pushplan.settings import Settings
 from training import evaluation
 from training.baselines import variant_rule_scores
 from training.datasets import build_split, zones_of
-from training.habits import HISTORY_BUCKETS, RULES, Habits, Population, history_bucket, rule_scores
+from training.habits import (
+    HISTORY_BUCKETS,
+    RULES,
+    Habits,
+    Population,
+    fitted_rule_scores,
+    history_bucket,
+    rule_scores,
+)
 from training.inference import choose_hours, load_champion, predict
 from training.pipeline import EVAL_DAYS, SHRINKAGE_EVENTS, score
 from training.specs import SEND_HOUR, SPECS, VARIANT, ModelSpec
@@ -78,8 +86,7 @@ class RuleModel:
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         if self.spec.n_classes == 24:
-            population = Population.from_dict(self.params["population"])
-            return rule_scores(self.rule, Habits.of(frame), population, float(self.params["prior_events"]))
+            return fitted_rule_scores(self.rule, self.params, frame)
         if not self.spec.chooses_variant:
             rates = np.full(len(frame), float(self.params.get("overall", 0.0)))
             return np.column_stack([1 - rates, rates])

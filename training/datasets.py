@@ -20,13 +20,15 @@ from feast import FeatureStore
 
 from features.event_store import EventStore
 from features.store import training_set
+from features.tables import HABIT
 from pushplan.clock import local_clock
 from pushplan.domain import EventType
 from pushplan.settings import Settings
 from training.frames import variant_features
 from training.specs import ModelSpec
 
-ENGAGEMENT = (EventType.app_open, EventType.purchase, EventType.push_opened, EventType.push_clicked)
+# The send-hour model's examples are the engagements its habit features count.
+ENGAGEMENT = HABIT
 
 
 class NoExamples(ValueError):

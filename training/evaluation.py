@@ -15,9 +15,9 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from features.feature_repo.transforms import tag_match_features
-from pushplan.clock import smooth_hours
 from training.frames import variant_features
 from training.habits import HISTORY_BUCKETS, RULES
+from training.inference import choose_hours
 from training.off_policy import estimates
 
 
@@ -77,8 +77,8 @@ def hour_metrics(
     `rules` maps a rule's name to its (rows × 24) scores; `buckets` indexes HISTORY_BUCKETS.
     """
     hours = np.asarray(hours, dtype=int)
-    choices = {"model": smooth_hours(proba).argmax(axis=1)}
-    choices.update({name: smooth_hours(scores).argmax(axis=1) for name, scores in rules.items()})
+    choices = {"model": choose_hours(proba)}
+    choices.update({name: choose_hours(scores) for name, scores in rules.items()})
     model = hour_hits(hours, choices["model"])
     metrics: dict[str, Any] = {
         "top1_hit_rate": model["top1"],
@@ -162,13 +162,10 @@ def oracle_share(true_p: np.ndarray, hour_choice: np.ndarray, variant_choice: np
     users = np.arange(true_p.shape[0])
     best = true_p.reshape(len(users), -1).max(axis=1)
     best_hour = true_p.max(axis=2).argmax(axis=1)
-    best_variant_at = true_p.argmax(axis=2)  # (users × hours)
     total = best.sum()
     return {
         "oracle_share": float(true_p[users, hour_choice, variant_choice].sum() / total),
-        "hour_only_share": float(
-            true_p[users, hour_choice, best_variant_at[users, hour_choice]].sum() / total
-        ),
+        "hour_only_share": hour_only_share(true_p, hour_choice),
         "variant_only_share": float(true_p[users, best_hour, variant_choice].sum() / total),
         "random_share": float(true_p.mean(axis=(1, 2)).sum() / total),
         # The ceiling of any variant choice that does not tell users apart: one variant for all.

@@ -124,6 +124,19 @@ def shares(counts: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return np.where(total > 0, counts / np.maximum(total, 1e-12), fallback)
 
 
+def full_hours(proba: np.ndarray, classes: Any) -> np.ndarray:
+    """A classifier's (rows × its classes) probabilities as (rows × 24): hours never seen get 0."""
+    full = np.zeros((len(proba), 24))
+    full[:, np.asarray(classes, dtype=int)] = proba
+    return full
+
+
+def fitted_rule_scores(rule: str, params: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
+    """`rule_scores` with the parameters a training run fitted and stored (training.baselines)."""
+    population = Population.from_dict(params["population"])
+    return rule_scores(rule, Habits.of(frame), population, float(params["prior_events"]))
+
+
 def rule_scores(rule: str, habits: Habits, population: Population, prior_events: float) -> np.ndarray:
     """(rows × 24) hour scores of a simple rule; `choose_hours` picks its hour as it does the model's."""
     n = len(habits.events)
@@ -151,12 +164,11 @@ class HourBlend(ClassifierMixin, BaseEstimator):
     def classes_(self) -> np.ndarray:
         return np.arange(24)
 
-    def components(self, model_proba: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+    def components(self, model_proba: np.ndarray, habits: Habits) -> np.ndarray:
         """(components × rows × 24), every row of every component a distribution over the hours."""
         assert self.population is not None
-        habits = Habits.of(frame)
         base = self.population.of_day(habits.weekend)
-        n = len(frame)
+        n = len(habits.events)
         return np.stack(
             [
                 model_proba,
@@ -172,9 +184,10 @@ class HourBlend(ClassifierMixin, BaseEstimator):
 
     def fit_weights(self, model_proba: np.ndarray, frame: pd.DataFrame, hours: np.ndarray) -> HourBlend:
         """EM for the mixture weights of each history bucket, on rows the trees did not train on."""
-        parts = self.components(model_proba, frame)
+        habits = Habits.of(frame)
+        parts = self.components(model_proba, habits)
         likelihood = parts[:, np.arange(len(frame)), np.asarray(hours, dtype=int)].T  # rows × components
-        bucket = history_bucket(Habits.of(frame).events)
+        bucket = history_bucket(habits.events)
         overall = _em(likelihood)
         weights = np.tile(overall, (len(HISTORY_BUCKETS), 1))
         for b in range(len(HISTORY_BUCKETS)):
@@ -186,13 +199,12 @@ class HourBlend(ClassifierMixin, BaseEstimator):
 
     def combine(self, model_proba: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
         """The blend's (rows × 24) probabilities from the trees' and the frame's habits."""
-        weights = np.asarray(self.weights)[history_bucket(Habits.of(frame).events)]  # rows × components
-        return np.einsum("rk,krh->rh", weights, self.components(model_proba, frame))
+        habits = Habits.of(frame)
+        weights = np.asarray(self.weights)[history_bucket(habits.events)]  # rows × components
+        return np.einsum("rk,krh->rh", weights, self.components(model_proba, habits))
 
     def model_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        full = np.zeros((len(frame), 24))
-        full[:, np.asarray(self.model.classes_, dtype=int)] = self.model.predict_proba(frame)
-        return full
+        return full_hours(self.model.predict_proba(frame), self.model.classes_)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return self.combine(self.model_proba(frame), frame)

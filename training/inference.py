@@ -12,6 +12,7 @@ import pandas as pd
 
 from pushplan.clock import smooth_hours
 from pushplan.settings import Settings
+from training.habits import full_hours
 from training.specs import ModelSpec
 from training.tracking import CHAMPION, champion_version, configure
 
@@ -21,9 +22,7 @@ def predict(spec: ModelSpec, model: Any, rows: pd.DataFrame) -> np.ndarray:
     proba = model.predict_proba(rows)
     if spec.n_classes == 2:
         return np.asarray(proba[:, 1])
-    full = np.zeros((len(rows), 24))
-    full[:, np.asarray(model.classes_, dtype=int)] = proba
-    return full
+    return full_hours(proba, model.classes_)
 
 
 def choose_hours(proba: np.ndarray) -> np.ndarray:
