@@ -23,7 +23,7 @@ from training.frames import CATEGORIES, HOUR_VECTORS, hour_matrix, timezone_grou
 from training.habits import HourBlend, fitted_rule_scores
 from training.inference import predict, trained_service
 from training.specs import SEND_HOUR, SPECS, VARIANT
-from training.tracking import CHAMPION, champion_version, configure, serving_rule
+from training.tracking import CHAMPION, champion_version, configure, rule_params, serving_rule_ref
 
 log = logging.getLogger(__name__)
 HEURISTIC = "heuristic"
@@ -42,6 +42,9 @@ class ModelSet:
     # The rule (and its fitted parameters) serving a model that has no champion.
     rules: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     checked_at: float = 0.0
+    # What each model was last loaded from: a champion's version, or a rule and its training run (a
+    # retrained rule keeps its name but not its parameters).
+    _sources: dict[str, str] = field(default_factory=dict, repr=False)
     _scorers: dict[str, tuple[Any, Scorer | None]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -59,20 +62,19 @@ class ModelSet:
         changed = []
         for name, spec in SPECS.items():
             current = champion_version(client, spec.registered_name)
-            rule = serving_rule(client, spec.registered_name) if current is None else None
+            ref = serving_rule_ref(client, spec.registered_name) if current is None else None
             version = (
-                str(current.version) if current is not None else (f"{RULE}{rule[0]}" if rule else HEURISTIC)
+                str(current.version) if current is not None else (f"{RULE}{ref[0]}" if ref else HEURISTIC)
             )
-            if self.versions.get(name) == version:
+            source = version if ref is None else f"{version}@{ref[1]}"
+            if self._sources.get(name) == source:
                 continue
             if current is None:
                 self.models.pop(name, None)
                 self.services[name] = spec.feature_service
-                if rule is not None:
-                    self.rules[name] = rule
-                    log.warning(
-                        "no champion for %s: planning with the rule %s", spec.registered_name, rule[0]
-                    )
+                if ref is not None:
+                    self.rules[name] = (ref[0], rule_params(client, ref[1]))
+                    log.warning("no champion for %s: planning with the rule %s", spec.registered_name, ref[0])
                 else:
                     self.rules.pop(name, None)
                     log.warning(
@@ -83,6 +85,7 @@ class ModelSet:
                 self.models[name] = mlflow.sklearn.load_model(f"models:/{spec.registered_name}@{CHAMPION}")
                 self.services[name] = trained_service(spec, current)
             self.versions[name] = version
+            self._sources[name] = source
             changed.append(name)
         return changed
 

@@ -53,18 +53,28 @@ def champion_version(client: MlflowClient, name: str) -> Any | None:
         return None
 
 
-def serving_rule(client: MlflowClient, name: str) -> tuple[str, dict[str, Any]] | None:
-    """The rule the last training run chose for serving without a champion, and its parameters."""
+def serving_rule_ref(client: MlflowClient, name: str) -> tuple[str, str] | None:
+    """The rule the last training run chose for serving without a champion, and that run's id: two
+    registry tags, cheap to read on every refresh."""
     try:
         tags = client.get_registered_model(name).tags
     except MlflowException:
         return None
     rule, run_id = tags.get(RULE_TAG), tags.get(RULE_RUN_TAG)
-    if not rule or not run_id:
-        return None
+    return (rule, run_id) if rule and run_id else None
+
+
+def rule_params(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """The parameters a training run fitted for its rule (its RULE_ARTIFACT: a download)."""
     with tempfile.TemporaryDirectory() as scratch:
         path = client.download_artifacts(run_id, RULE_ARTIFACT, scratch)
-        return rule, json.loads(Path(path).read_text())["params"]
+        return dict(json.loads(Path(path).read_text())["params"])
+
+
+def serving_rule(client: MlflowClient, name: str) -> tuple[str, dict[str, Any]] | None:
+    """The rule the last training run chose for serving without a champion, and its parameters."""
+    ref = serving_rule_ref(client, name)
+    return None if ref is None else (ref[0], rule_params(client, ref[1]))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from training.champions import evaluate_champions
 from training.habits import RULES, Habits, Population, rule_scores
 from training.pipeline import train
 from training.specs import SEND_HOUR
-from training.tracking import CHAMPION, champion_version, configure, list_models
+from training.tracking import CHAMPION, champion_version, configure, list_models, serving_rule
 
 pytestmark = pytest.mark.slow
 TEST_DAYS = 21
@@ -107,6 +107,11 @@ def test_a_model_worse_than_the_mode_rule_is_never_promoted_and_a_losing_champio
     assert again.retired and not again.promoted
     assert champion_version(client, SEND_HOUR.registered_name) is None
     assert ModelSet.load(settings).versions[SEND_HOUR.name] == f"rule:{again.verdict.best_rule}"
+    # The service loaded before all this plans with the rule as the last run fitted it, not the first.
+    assert models.refresh() == [SEND_HOUR.name]
+    assert models.rules[SEND_HOUR.name] == serving_rule(client, SEND_HOUR.registered_name)
+    assert models.rules[SEND_HOUR.name][1] == again.metrics["rule_params"]
+    assert models.refresh() == []
 
 
 def test_the_blend_is_promoted_exactly_when_it_beats_every_rule(riders: list[Path], tmp_path: Path) -> None:
