@@ -341,7 +341,7 @@ def _rfm(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
         "r_score": r_score,
         "f_score": f_score,
         "m_score": m_score,
-        "rfm_segment": _rfm_segment(r_score, f_score, buyers),
+        "rfm_segment": _rfm_segment(r_score, f_score, m_score, buyers),
         "days_since_active": inactive_days,
         "lifecycle_stage": _lifecycle(_profile_age(grid), inactive_days, settings),
     }
@@ -370,20 +370,41 @@ def _quintile_score(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _rfm_segment(r: np.ndarray, f: np.ndarray, buyers: np.ndarray) -> np.ndarray:
-    """The usual RFM segment names from recency and frequency scores (monetary refines, not names)."""
-    segment = np.full(r.shape, "no_purchase", dtype=object)
-    rules = [
-        ((r >= 4) & (f >= 4), "champions"),
-        ((r >= 3) & (f >= 3), "loyal"),
-        ((r >= 4) & (f <= 2), "promising"),
-        ((r <= 2) & (f >= 3), "at_risk"),
-        ((r <= 2) & (f <= 2), "hibernating"),
-    ]
-    segment[buyers] = "needs_attention"
-    for mask, name in reversed(rules):
-        segment[buyers & mask] = name
-    return segment
+# The named RFM cells, by recency score (rows, 5 = bought most recently) and the mean of the
+# frequency and monetary scores (columns, rounded half up), as marketing teams draw the grid; scores
+# are quintiles among the users who bought in the last RFM_WINDOW_DAYS, so every cell is relative
+# to this app's own customers that day. Users who did not buy in the window are `no_purchase`.
+RFM_GRID = (
+    # FM:  1                 2                 3                 4            5
+    ("lost", "hibernating", "at_risk", "cant_lose", "cant_lose"),  # R = 1
+    ("hibernating", "about_to_sleep", "at_risk", "at_risk", "cant_lose"),  # R = 2
+    ("about_to_sleep", "need_attention", "need_attention", "loyal", "loyal"),  # R = 3
+    ("promising", "potential", "potential", "loyal", "champions"),  # R = 4
+    ("new", "potential", "potential", "champions", "champions"),  # R = 5
+)
+RFM_SEGMENTS = (
+    "champions",
+    "loyal",
+    "potential",
+    "new",
+    "promising",
+    "need_attention",
+    "about_to_sleep",
+    "at_risk",
+    "cant_lose",
+    "hibernating",
+    "lost",
+    "no_purchase",
+)
+LIFECYCLE_STAGES = ("new", "active", "sleeping", "churned")
+
+
+def _rfm_segment(r: np.ndarray, f: np.ndarray, m: np.ndarray, buyers: np.ndarray) -> np.ndarray:
+    """Each buyer's named cell of RFM_GRID; `no_purchase` for the others."""
+    grid = np.array(RFM_GRID, dtype=object)
+    fm = np.floor((f + m) / 2 + 0.5).astype(int)
+    cells = grid[np.clip(r, 1, 5) - 1, np.clip(fm, 1, 5) - 1]
+    return np.where(buyers, cells, "no_purchase").astype(object)
 
 
 def _lifecycle(age_days: np.ndarray, inactive_days: np.ndarray, settings: Settings) -> np.ndarray:

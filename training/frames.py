@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from features.tables import LIFECYCLE_STAGES, RFM_SEGMENTS
 from pushplan.domain import VARIANT_TAGS
 
 HOUR_VECTORS = (
@@ -28,16 +29,8 @@ HOUR_VECTORS = (
 )
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "platform": ("android", "ios", "web"),
-    "lifecycle_stage": ("new", "active", "sleeping", "churned"),
-    "rfm_segment": (
-        "champions",
-        "loyal",
-        "promising",
-        "at_risk",
-        "hibernating",
-        "needs_attention",
-        "no_purchase",
-    ),
+    "lifecycle_stage": LIFECYCLE_STAGES,
+    "rfm_segment": RFM_SEGMENTS,
     "timezone_group": ("americas", "europe_africa", "asia_pacific"),
 }
 

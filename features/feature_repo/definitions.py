@@ -139,7 +139,7 @@ user_rfm_fv = FeatureView(
         Field(
             name="rfm_segment",
             dtype=String,
-            description="champions, loyal, promising, at_risk, hibernating, needs_attention or no_purchase.",
+            description="Named RFM cell (features.tables.RFM_GRID, docs/audiences.md); no_purchase.",
         ),
         Field(name="days_since_active", dtype=Float32, description="Days since any activity (NaN: never)."),
         Field(

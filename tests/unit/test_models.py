@@ -17,7 +17,7 @@ from pushplan.settings import Settings
 from tests.features_setup import built_store
 from training.champions import evaluate_champions
 from training.habits import RULES
-from training.inference import choose_hours, load_champion, predict
+from training.inference import choose_hours, load_champion, load_newest, predict
 from training.pipeline import TrainResult, train
 from training.specs import CLICK, SEND_HOUR, SPECS, VARIANT
 from training.tracking import CHAMPION, configure, list_models
@@ -49,12 +49,18 @@ def test_all_three_are_registered_as_champions(
     trained: tuple[Settings, FeatureStore, dict[str, TrainResult]],
 ) -> None:
     settings, _, results = trained
-    assert all(result.promoted and result.version == 1 for result in results.values())
+    # Each first version is registered; the gate decides which are champions (the variant model
+    # ties "best variant overall" on this small history, so the rule may serve it instead).
+    assert all(result.version == 1 for result in results.values())
+    assert results["click"].promoted and results["send-hour"].promoted
     client = configure(settings)
     listed = {m.name: m for m in list_models(client, {s.registered_name: s.metric for s in SPECS.values()})}
     assert set(listed) == {"pushplan-click", "pushplan-send-hour", "pushplan-variant"}
     for spec in SPECS.values():
         info = listed[spec.registered_name]
+        if not results[spec.name].promoted:
+            assert info.aliases == {} and info.champion_metric is None
+            continue
         assert info.aliases == {CHAMPION: "1"}
         assert info.champion_metric == pytest.approx(results[spec.name].value)
         assert info.versions[0]["feature_service"] == spec.feature_service
@@ -188,7 +194,9 @@ def test_variant_model_scores_titles_it_never_saw(
             "tags": [["discount", "urgency"], ["question"]],
         }
     )
-    model = load_champion(VARIANT, settings)
+    newest = load_newest(VARIANT, settings)  # the model itself, whether or not it beat its rules
+    assert newest is not None
+    model = newest[0]
     _, scores = best_variant(features, unseen, lambda frame: predict(VARIANT, model, frame))
     assert scores.shape == (50, 2) and np.isfinite(scores).all()
     assert not np.allclose(scores[:, 0], scores[:, 1])
@@ -218,9 +226,10 @@ def test_serving_loads_champions_reloads_when_the_alias_moves_and_plans(
     from serving.planner import plan
     from serving.scoring import ModelSet
 
-    settings, store, _ = trained
+    settings, store, results = trained
     models = ModelSet.load(settings)
-    assert not models.missing and set(models.versions) == set(SPECS)
+    assert models.missing == [name for name in SPECS if not results[name].promoted]
+    assert set(models.versions) == set(SPECS)
     promoted = train(CLICK, settings, eval_days=EVAL_DAYS, promote=True)
     assert models.refresh() == ["click"] and models.versions["click"] == str(promoted.version)
     assert models.refresh() == []
