@@ -15,8 +15,15 @@ from pushplan.settings import get_settings
 
 def plan_command(
     campaign_file: Annotated[Path, typer.Argument(help="The campaign, as JSON (the Campaign contract).")],
-    users_file: Annotated[Path, typer.Option("--users", help="CSV or parquet with a user_id column.")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the plan items (parquet).")],
+    users_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--users",
+            help="CSV or parquet with a user_id column (default: the campaign's audience, or every user); "
+            "listed users outside the audience are skipped not_in_audience.",
+        ),
+    ] = None,
     now: Annotated[str | None, typer.Option(help="Plan as of this instant (ISO 8601; default: now).")] = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Exploration seed; the same seed gives the same plan.")
@@ -35,6 +42,7 @@ def plan_command(
     import pandas as pd
     from pydantic import ValidationError
 
+    from features.audiences import compile_for, select
     from pushplan.db.engine import migrate
     from pushplan.db.store import PlanStore
     from pushplan.domain import Campaign
@@ -47,16 +55,26 @@ def plan_command(
     except (OSError, ValidationError) as exc:
         err.print(f"[red]bad campaign[/] {campaign_file}: {exc}", highlight=False)
         raise typer.Exit(code=2) from None
-    users = (
-        pd.read_parquet(users_file) if users_file.suffix == ".parquet" else pd.read_csv(users_file, dtype=str)
-    )
-    if "user_id" not in users:
-        err.print(f"[red]{users_file}[/]: no user_id column", highlight=False)
-        raise typer.Exit(code=2)
     moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
     if moment.tzinfo is None:
         raise typer.BadParameter("give a UTC offset, e.g. 2026-11-01T00:00:00Z", param_hint="--now")
-    ids = users["user_id"].astype(str).drop_duplicates().tolist()
+    if users_file is None:
+        try:
+            rule = compile_for(settings, campaign.audience) if campaign.audience is not None else None
+            ids = select(settings, rule, moment).frame["user_id"].tolist()
+        except ValueError as exc:
+            err.print(f"[red]bad audience[/] {campaign_file}: {exc}", highlight=False)
+            raise typer.Exit(code=2) from None
+    else:
+        users = (
+            pd.read_parquet(users_file)
+            if users_file.suffix == ".parquet"
+            else pd.read_csv(users_file, dtype=str)
+        )
+        if "user_id" not in users:
+            err.print(f"[red]{users_file}[/]: no user_id column", highlight=False)
+            raise typer.Exit(code=2)
+        ids = users["user_id"].astype(str).drop_duplicates().tolist()
     models = ModelSet.load(settings)
     # Other campaigns' stored sends bind this plan's caps, as they do in the service; nothing is stored.
     migrate(settings)
@@ -70,6 +88,7 @@ def plan_command(
         seed=seed,
         source="online" if online else "offline",
         save=False,
+        members_only=users_file is None,
     )
     items = arbitrated.items
     if arbitrated.displaced:

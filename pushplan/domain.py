@@ -23,6 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from pushplan.audience_rules import MAX_RULE_CHARS
+from pushplan.audience_rules import parse as parse_rule
+
 # The tag vocabulary the feature repo knows (per-tag affinity features, variant scoring). A tag outside
 # it still travels with its variant but has no affinity feature; growing it is a new feature service version.
 VARIANT_TAGS = ("discount", "urgency", "news", "personal", "question", "emoji", "social", "reminder")
@@ -143,6 +146,7 @@ class Reason(StrEnum):
     no_window = "no_window"
     exploration = "exploration"
     deferred = "deferred"  # a send moved off its best slot so that it stays within the caps
+    not_in_audience = "not_in_audience"  # a listed user the campaign's audience rule does not select
     # Set by dispatch, on items that were planned to be sent:
     cancelled = "cancelled"  # the campaign was cancelled before the item was handed to its channel
     expired = "expired"  # its window had ended before dispatch reached it (paused, or a backlog)
@@ -316,6 +320,12 @@ class Campaign(BaseModel):
     value_per_conversion: float = Field(default=0.0, ge=0.0, strict=True)
     caps: CapOverrides | None = None
     fallback_after: timedelta | None = None
+    # Who the campaign is for: a rule over labels, features and user attributes (docs/audiences.md);
+    # none means every user. Its grammar is checked here; its fields where they are known (the
+    # service and the CLI check them against the deployment's, features.audiences.compile_for).
+    audience: str | None = Field(
+        default=None, max_length=MAX_RULE_CHARS, examples=['lifecycle_stage in ("active", "sleeping")']
+    )
 
     @field_validator("fallback_after", mode="before")
     @classmethod
@@ -341,6 +351,13 @@ class Campaign(BaseModel):
             ]
         }
     }
+
+    @field_validator("audience")
+    @classmethod
+    def _audience_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rule(value)  # RuleError is a ValueError: pydantic reports it on `audience`
+        return value
 
     @model_validator(mode="after")
     def _unique_variants(self) -> Campaign:

@@ -14,7 +14,7 @@ from pushplan.db.engine import migrate
 from pushplan.db.store import PlanStore
 from pushplan.settings import Settings, get_settings
 from serving.deps import AUTH_RESPONSES, BODY_RESPONSES, Problem
-from serving.routes import campaigns, dispatch, events, health, plans, reports
+from serving.routes import audiences, campaigns, dispatch, events, health, plans, reports
 from serving.scoring import ModelSet
 
 MAX_BODY_BYTES = 8 << 20
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.include_router(health.router)
-    for router in (campaigns.router, events.router, dispatch.router, reports.router):
+    for router in (campaigns.router, audiences.router, events.router, dispatch.router, reports.router):
         app.include_router(router, responses=AUTH_RESPONSES)
     # Both plan routes answer 404 when the campaign they name does not exist; POST /v1/plans has a body.
     unknown_campaign: dict[int | str, dict[str, Any]] = {

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pandas as pd
+
+from features.audiences import compile_for, select
 from features.store import Source, feature_store
 from pushplan.caps import FrequencyCap
 from pushplan.db.store import PlanStore
@@ -28,12 +31,20 @@ def plan_users(
     seed: int = 0,
     source: Source = "online",
     save: bool = True,
+    members_only: bool = False,
 ) -> Arbitration:
     """Read the users' features (one read, `source` online or offline as of `now`), score them, plan
-    them within the caps and, with `save`, store the items and mark the sends they displaced."""
+    them within the caps and, with `save`, store the items and mark the sends they displaced.
+
+    Listed users outside the campaign's audience are skipped `not_in_audience`, unless the caller
+    says they were selected by it (`members_only`: a plan job's partitions)."""
     audience = build_audience(
         feature_store(settings), settings, models, campaign, user_ids, now, source=source
     )
+    if campaign.audience is not None and not members_only:
+        rule = compile_for(settings, campaign.audience)
+        chosen = select(settings, rule, now, user_ids).frame["user_id"]
+        audience.members = pd.Series(user_ids, dtype=object).isin(chosen).to_numpy()
     arbitrated = plan_within_caps(store, settings, campaign, audience, now, seed=seed)
     if save:
         store.save_items(arbitrated.items, arbitrated.displaced)

@@ -52,6 +52,22 @@ class Problem(BaseModel):
 BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body could not be read as JSON."},
 }
+
+
+def unprocessable(description: str) -> dict[int | str, dict[str, Any]]:
+    """A 422 that is either FastAPI's usual one (a body that is not the model) or the service's own
+    Problem (a body that is the model but says something the service refuses: a bad row, a bad rule).
+    Both schemas are in the components: HTTPValidationError from every route with a body, Problem
+    from the auth responses."""
+    either = {
+        "anyOf": [
+            {"$ref": "#/components/schemas/HTTPValidationError"},
+            {"$ref": "#/components/schemas/Problem"},
+        ]
+    }
+    return {422: {"description": description, "content": {"application/json": {"schema": either}}}}
+
+
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No X-API-Key, or an unknown or revoked one."},
     403: {"model": Problem, "description": "The key's role may not do this."},

@@ -1,5 +1,8 @@
 """Whole-audience plan jobs: a campaign's audience partitioned into Celery tasks running the planner.
 
+The audience (the users the campaign's rule selects, or every user) is chosen once when the job is
+created and kept beside it (`job_users_path`); users outside it get no item at all.
+
 Partition k of n holds the users whose stable hash of user_id is k modulo n, so a task needs only
 the job id and its number (tasks take ids), and a job scales out by adding workers. Each partition
 plans its users from the offline store as of the job's `now` through the one plan path
@@ -12,14 +15,19 @@ from __future__ import annotations
 import math
 import zlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from features.audiences import compile_for, select
 from pushplan.db.plan_jobs import JobState, fail_job, get_job, insert_job, record_partition
 from pushplan.db.schema import PlanJobRow
 from pushplan.db.store import PlanStore
 from pushplan.domain import Campaign
+from pushplan.files import write_parquet
 from pushplan.settings import Settings, per_settings
 from serving.capped_plan import plan_users
 from serving.scoring import ModelSet
@@ -38,21 +46,32 @@ def create_job(
     now: datetime | None = None,
     seed: int = 0,
 ) -> PlanJobRow:
-    """Record a job over every user in the event store's users file; the caller enqueues its partitions."""
-    users = (
-        pd.read_parquet(settings.users_path, columns=["user_id"]) if settings.users_path.exists() else None
-    )
-    if users is None or users.empty:
+    """Record a job over the campaign's audience (every user in the users file without a rule),
+    selected once, as of `now`, and kept beside the job so every partition plans the same users
+    whatever the feature tables become meanwhile; the caller enqueues its partitions."""
+    moment = now or datetime.now(UTC)
+    if not settings.users_path.exists() or pq.read_metadata(settings.users_path).num_rows == 0:
         raise ValueError(f"no users to plan: {settings.users_path} is missing or empty (import users first)")
-    total = len(users)
-    return insert_job(
+    rule = compile_for(settings, campaign.audience) if campaign.audience is not None else None
+    chosen = select(settings, rule, moment).frame["user_id"]
+    total = len(chosen)
+    job = insert_job(
         store,
         campaign.campaign_id,
         partitions=max(1, math.ceil(total / settings.plan_job_partition_users)),
         users=total,
-        now=now or datetime.now(UTC),
+        now=moment,
         seed=seed,
     )
+    write_parquet(
+        pa.table({"user_id": pa.array(chosen.tolist(), pa.string())}), job_users_path(settings, job.job_id)
+    )
+    return job
+
+
+def job_users_path(settings: Settings, job_id: str) -> Path:
+    """The users a job plans (its audience as of the job's `now`)."""
+    return settings.data_dir / "plan_jobs" / f"{job_id}.parquet"
 
 
 @per_settings
@@ -68,14 +87,25 @@ def plan_partition(store: PlanStore, settings: Settings, job_id: str, partition:
     campaign = store.get_campaign(job.campaign_id)
     if campaign is None:
         return fail_job(store, job_id, f"campaign {job.campaign_id!r} no longer exists")
-    users = pd.read_parquet(settings.users_path, columns=["user_id"])["user_id"].astype(str)
+    chosen = job_users_path(settings, job_id)
+    # A job recorded before audiences were kept beside jobs plans every user, as it did then.
+    users = pd.read_parquet(chosen if chosen.exists() else settings.users_path, columns=["user_id"])
+    users = users["user_id"].astype(str)
     mine = users[user_partition(users, job.partitions) == partition].tolist()
     now = datetime.fromisoformat(job.spec["now"])
     try:
         models = _models(settings)
         models.refresh_if_stale()
         arbitrated = plan_users(
-            store, settings, models, campaign, mine, now, seed=int(job.spec["seed"]), source="offline"
+            store,
+            settings,
+            models,
+            campaign,
+            mine,
+            now,
+            seed=int(job.spec["seed"]),
+            source="offline",
+            members_only=True,
         )
     except Exception as exc:  # recorded on the job for its caller to see, then raised for the worker log
         fail_job(store, job_id, f"partition {partition}: {type(exc).__name__}: {exc}")

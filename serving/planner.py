@@ -1,6 +1,7 @@
 """The planner: pure decision logic that turns model scores into plan items. No I/O.
 
 For each user of an audience, in this order (docs/planner.md):
+0. audience: a listed user the campaign's audience rule does not select is `not_in_audience`;
 1. eligibility: the first of the campaign's channels the user is opted in to, else `opted_out`;
 2. holdout: a hash of (campaign, user) puts `holdout_fraction` of eligible users in control;
 3. timing: the local send slots inside the window, after `now` and outside quiet hours in the
@@ -58,6 +59,9 @@ class Audience:
     hour_scores: np.ndarray
     variant_scores: np.ndarray
     model_versions: dict[str, str] = field(default_factory=dict)
+    # Which users the campaign's audience rule selects (None: all): the others are not planned,
+    # skipped with `not_in_audience` (only listed users can be outside; plan jobs plan members only).
+    members: np.ndarray | None = None
 
 
 def exploration_draws(
@@ -129,6 +133,10 @@ def plan(
         channel[reachable] = option.value
     eligible = channel != None  # noqa: E711 (elementwise on an object array)
     reason[~eligible] = Reason.opted_out.value
+    if audience.members is not None:
+        outside = ~np.asarray(audience.members, dtype=bool)
+        channel[outside], reason[outside] = None, Reason.not_in_audience.value
+        eligible &= ~outside
 
     in_control = eligible & (holdout_draw(campaign.campaign_id, user_ids) < campaign.holdout_fraction)
     explore_draw, random_hour_draw, variant_draw = exploration_draws(campaign.campaign_id, user_ids, seed)

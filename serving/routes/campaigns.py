@@ -6,19 +6,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, status
 
+from features.audiences import compile_for
 from features.event_store import EventStore
+from pushplan.audience_rules import RuleError
 from pushplan.db.campaigns import CampaignFrozen
 from pushplan.domain import Campaign
-from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole
+from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole, unprocessable
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
-FROZEN: dict[int | str, dict[str, Any]] = {
+_CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {
         "model": Problem,
         "description": "The campaign's dispatch has started: its spec can no longer be replaced.",
-    }
+    },
 }
+FROZEN = _CONFLICT | unprocessable(
+    "The campaign is invalid, or its audience names an unknown field or value."
+)
 
 
 @router.post(
@@ -29,6 +34,11 @@ def create_campaign(campaign: Campaign, store: PlanStoreDep, _: CampaignRole) ->
     only the same spec again is accepted: a retry); its variants join the catalogue the features
     read tags from, so its sends and clicks feed the tag affinities. Titles and bodies must fit
     every channel the campaign names."""
+    if campaign.audience is not None:
+        try:
+            compile_for(store.settings, campaign.audience)
+        except RuleError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"audience: {exc}") from None
     try:
         store.save_campaign(campaign)
     except CampaignFrozen as exc:

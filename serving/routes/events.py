@@ -22,7 +22,7 @@ from pushplan.db.schema import PlanItemRow
 from pushplan.db.store import PlanStore
 from pushplan.domain import Channel, EventType
 from pushplan.settings import Settings
-from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep
+from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, unprocessable
 
 router = APIRouter(tags=["events"])
 
@@ -59,25 +59,11 @@ class EventsAccepted(BaseModel):
     already_stored: int
 
 
-# A refused batch is a 422 whose `detail` is the import's message (row, column, reason), a string;
-# a body that is not a batch at all gets FastAPI's usual 422. Both schemas are in the components:
-# HTTPValidationError from every route with a body, Problem from the auth responses.
-REFUSED = {
-    "description": "Not a batch, or a row breaks the events contract (nothing was stored).",
-    "content": {
-        "application/json": {
-            "schema": {
-                "anyOf": [
-                    {"$ref": "#/components/schemas/HTTPValidationError"},
-                    {"$ref": "#/components/schemas/Problem"},
-                ]
-            }
-        }
-    },
-}
+# A refused batch is a 422 whose `detail` is the import's message (row, column, reason), a string.
+REFUSED = unprocessable("Not a batch, or a row breaks the events contract (nothing was stored).")
 
 
-@router.post("/v1/events", response_model=EventsAccepted, responses=BODY_RESPONSES | {422: REFUSED})
+@router.post("/v1/events", response_model=EventsAccepted, responses=BODY_RESPONSES | REFUSED)
 def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: CampaignRole) -> EventsAccepted:
     """Store a batch of events (idempotent on event_id), fold sends and clicks into online fatigue, note
     opens on their plan items (a campaign's fallback re-sends only what was not opened), and put
@@ -145,7 +131,7 @@ class FeedbackAccepted(BaseModel):
 @router.post(
     "/v1/channels/{channel}/feedback",
     response_model=FeedbackAccepted,
-    responses=BODY_RESPONSES | {422: REFUSED},
+    responses=BODY_RESPONSES | REFUSED,
 )
 def post_channel_feedback(
     channel: Channel, body: FeedbackBatch, request: Request, store: PlanStoreDep, _: CampaignRole

@@ -15,6 +15,7 @@ from pushplan.db.store import PlanStore
 from pushplan.settings import Profile, Settings
 from serving.app import create_app
 from serving.keys import Role, create_key
+from tests.api_audiences import audience_scenario
 from tests.features_setup import built_store
 from tests.services import REDIS_URL, scratch_database
 
@@ -84,3 +85,10 @@ def test_plans_are_made_from_redis_features_and_stored_in_postgresql(production:
         hashed = db.execute("select secret_hash from api_keys").fetchone()
     assert stored == result["counts"]
     assert hashed is not None and key.split("_", 2)[2] not in hashed[0]  # only the hash is stored
+
+
+def test_audiences_preview_and_plans_on_the_production_profile(production: Settings) -> None:
+    migrate(production)
+    headers = {"X-API-Key": create_key(PlanStore(production), Role.campaign)}
+    with TestClient(create_app(production)) as client:
+        audience_scenario(client, headers, production, NOW)

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cli.demo import demo_campaign, running_worker
+from features.audiences import compile_for, select
 from features.store import feature_store
 from pushplan.db.engine import migrate
 from pushplan.db.store import PlanStore
@@ -28,7 +29,7 @@ from tests.features_setup import built_store
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_a_plan_job_plans_every_user_in_partitions_as_one_plan_would(tmp_path: Path, sim_dir: Path) -> None:
+def test_a_plan_job_plans_its_audience_in_partitions_as_one_plan_would(tmp_path: Path, sim_dir: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", plan_job_partition_users=400)
     built_store(settings, sim_dir)
     migrate(settings)
@@ -62,19 +63,43 @@ def test_a_plan_job_plans_every_user_in_partitions_as_one_plan_would(tmp_path: P
         missing = client.get("/v1/plan-jobs/nope", headers=headers)
         assert missing.status_code == 404
 
-    stored = pd.DataFrame([i.model_dump() for i in store.list_items(campaign.campaign_id, limit=10_000)])
-    users = pd.read_parquet(settings.users_path, columns=["user_id"])["user_id"].astype(str).tolist()
-    audience = build_audience(
-        feature_store(settings), settings, ModelSet.load(settings), campaign, users, start, source="offline"
-    )
-    whole = plan_within_caps(store, settings, campaign, audience, start, seed=3).items
-    columns = ["user_id", "decision", "reason", "variant_id", "send_at"]
-    assert len(stored) == 1500
-    pd.testing.assert_frame_equal(
-        stored[columns].sort_values("user_id").reset_index(drop=True),
-        whole[columns]
-        .astype({"send_at": stored["send_at"].dtype})
-        .sort_values("user_id")
-        .reset_index(drop=True),
-        check_dtype=False,
-    )
+        # The partitions changed nothing but the speed: the same items as one plan of everyone.
+        stored = pd.DataFrame([i.model_dump() for i in store.list_items(campaign.campaign_id, limit=10_000)])
+        users = pd.read_parquet(settings.users_path, columns=["user_id"])["user_id"].astype(str).tolist()
+        audience = build_audience(
+            feature_store(settings),
+            settings,
+            ModelSet.load(settings),
+            campaign,
+            users,
+            start,
+            source="offline",
+        )
+        whole = plan_within_caps(store, settings, campaign, audience, start, seed=3).items
+        columns = ["user_id", "decision", "reason", "variant_id", "send_at"]
+        assert len(stored) == 1500
+        pd.testing.assert_frame_equal(
+            stored[columns].sort_values("user_id").reset_index(drop=True),
+            whole[columns]
+            .astype({"send_at": stored["send_at"].dtype})
+            .sort_values("user_id")
+            .reset_index(drop=True),
+            check_dtype=False,
+        )
+
+        # A campaign with an audience: the job plans its members only, and the others get no item.
+        rule = 'lifecycle_stage = "active" and did purchase in last 14 days'
+        members = set(select(settings, compile_for(settings, rule), start).frame["user_id"])
+        assert 0 < len(members) < 1500
+        chosen = campaign.model_copy(update={"campaign_id": "for-an-audience", "audience": rule})
+        assert client.post("/v1/campaigns", json=chosen.model_dump(mode="json"), headers=headers).is_success
+        job = client.post(
+            "/v1/campaigns/for-an-audience/plan-jobs", json={"now": start.isoformat()}, headers=headers
+        ).json()
+        assert job["users"] == len(members), job
+        while job["state"] == "running" and time.monotonic() < deadline + 300:
+            time.sleep(0.5)
+            job = client.get(f"/v1/plan-jobs/{job['job_id']}", headers=headers).json()
+        assert job["state"] == "done" and job["users_planned"] == len(members), job
+        planned = {i.user_id for i in store.list_items("for-an-audience", limit=10_000)}
+        assert planned == members
