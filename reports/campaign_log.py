@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,12 @@ from pushplan.settings import Settings
 CAMPAIGN_ARM, HOLDOUT_ARM = "campaign", "holdout"
 DEFAULT_HORIZON = timedelta(days=3)
 # Skipped before the holdout draw: never randomized (see the module docstring).
-NOT_RANDOMIZED = (Reason.opted_out.value, Reason.no_window.value, Reason.quiet_hours.value)
+NOT_RANDOMIZED = (
+    Reason.not_in_audience.value,
+    Reason.opted_out.value,
+    Reason.no_window.value,
+    Reason.quiet_hours.value,
+)
 ATTRIBUTED = {
     "opened": EventType.push_opened,
     "clicked": EventType.push_clicked,
@@ -59,6 +65,8 @@ FEATURE_REFS = (
     "user_fatigue:clicks_30d",
 )
 USER_ATTRIBUTES = ("platform", "country", "timezone")
+# The built-in labels operators choose audiences by, counted per value in `label_stats`.
+LABELS = ("lifecycle_stage", "rfm_segment")
 
 
 class NothingToReport(ValueError):
@@ -70,6 +78,7 @@ class CampaignLog:
     campaign: Campaign
     span: tuple[datetime, datetime]
     items: pd.DataFrame  # every plan item of the campaign
+    labels: pd.DataFrame  # per member item (not `not_in_audience`): user_id and the LABELS as of the start
     users: pd.DataFrame  # one row per randomized user: arm, outcomes, plan columns, segments, covariates
     events: pd.DataFrame  # the campaign's attributed events in the span
     revenue_all: float  # every purchase in the span, by anyone: the denominator of "share of revenue"
@@ -128,6 +137,14 @@ def load_campaign_log(
     users["purchased"] = (users["user_id"].map(spent["size"]).fillna(0) > 0).astype(int)
     users["revenue"] = users["user_id"].map(spent["sum"]).fillna(0.0).astype(float)
 
+    members = items.loc[items["reason"] != Reason.not_in_audience.value, "user_id"].astype(str)
+    labels = pd.concat(
+        [
+            pd.DataFrame({"user_id": members.to_numpy()}),
+            _features_at(settings, members.tolist(), campaign.window.start).reindex(columns=list(LABELS)),
+        ],
+        axis=1,
+    )
     attributes = _user_attributes(events, users["user_id"])
     features = _features_at(settings, users["user_id"].tolist(), campaign.window.start)
     users = pd.concat([users, attributes, features], axis=1)
@@ -137,6 +154,7 @@ def load_campaign_log(
         campaign=campaign,
         span=span,
         items=items,
+        labels=labels,
         users=users,
         events=attributed,
         revenue_all=float(purchases["value"].fillna(0.0).sum()),
@@ -173,7 +191,9 @@ def funnel(log: CampaignLog) -> dict[str, object]:
     clicked = int((kinds == EventType.push_clicked.value).sum())
     converted = int((kinds == EventType.converted.value).sum())
     value = float(events.loc[kinds == EventType.converted.value, "value"].fillna(0.0).sum())
-    reachable = int((items["reason"] != Reason.opted_out.value).sum())
+    # Listed users outside the campaign's audience were never its users (plan jobs plan members only).
+    members = items["reason"] != Reason.not_in_audience.value
+    reachable = int((members & (items["reason"] != Reason.opted_out.value)).sum())
     planned = int((items["decision"] == Decision.send.value).sum())
 
     def per(numerator: float, denominator: int) -> float | None:
@@ -194,7 +214,7 @@ def funnel(log: CampaignLog) -> dict[str, object]:
         .sort_values("items", ascending=False)
     )
     return {
-        "users": len(items),
+        "users": int(members.sum()),
         "reachable": reachable,
         "holdout": int((items["decision"] == Decision.holdout.value).sum()),
         "planned_sends": planned,
@@ -272,3 +292,37 @@ def _features_at(settings: Settings, user_ids: list[str], at: datetime) -> pd.Da
     if not refs:
         return pd.DataFrame(index=range(len(user_ids)))
     return read_stored(store, user_ids, refs, source="offline", at=at).reset_index(drop=True)
+
+
+def label_stats(log: CampaignLog, segments: dict[str, Any], outcome: str) -> dict[str, list[dict[str, Any]]]:
+    """Per built-in label value (operators' "how many were reached under each rule, and with what
+    effect"): audience members, planned sends, sent, clicked and converted users, and the lift on
+    `outcome` over the holdout where the report's segment comparison has one."""
+    items = log.items.assign(user_id=log.items["user_id"].astype(str))
+    kinds = log.events.assign(user_id=log.events["user_id"].astype(str))
+    clicked = set(kinds.loc[kinds["event_type"] == EventType.push_clicked.value, "user_id"])
+    converted = set(kinds.loc[kinds["event_type"] == EventType.converted.value, "user_id"])
+    planned = set(items.loc[items["decision"] == Decision.send.value, "user_id"])
+    sent = set(items.loc[items["state"] == "sent", "user_id"])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for label in LABELS:
+        rows = []
+        values = log.labels[label].fillna("(none)").astype(str)
+        for value, who in log.labels["user_id"].groupby(values):
+            members = set(who)
+            compared = segments.get(label, {}).get(value, {}).get("outcomes", {}).get(outcome, {})
+            arm = compared.get("arms", {}).get(CAMPAIGN_ARM, {}) if compared else {}
+            rows.append(
+                {
+                    "value": value,
+                    "audience": len(members),
+                    "planned": len(members & planned),
+                    "sent": len(members & sent),
+                    "clicked": len(members & clicked),
+                    "converted": len(members & converted),
+                    "lift_abs": None if arm.get("skipped") else arm.get("lift_abs"),
+                    "lift_abs_ci": None if arm.get("skipped") else arm.get("lift_abs_ci"),
+                }
+            )
+        out[label] = sorted(rows, key=lambda row: -row["audience"])
+    return out

@@ -98,10 +98,11 @@ def _outcome_chart(report: Mapping[str, Any]) -> str:
 def _funnel_chart(funnel: Mapping[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
-    steps = ["reachable", "planned_sends", "sent", "delivered", "opened", "clicked", "converted"]
+    steps = ["users", "reachable", "planned_sends", "sent", "delivered", "opened", "clicked", "converted"]
     counts = [funnel[s] for s in steps]
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.barh([s.replace("_", " ") for s in steps][::-1], counts[::-1], color=ARM_COLOUR)
+    names = ["audience" if s == "users" else s.replace("_", " ") for s in steps]
+    ax.barh(names[::-1], counts[::-1], color=ARM_COLOUR)
     for y, count in enumerate(counts[::-1]):
         ax.text(count, y, f" {count:,}", va="center", fontsize=9)
     ax.set_xlabel("users / messages")

@@ -25,6 +25,7 @@ from reports.campaign_log import (
     OUTCOMES,
     PLAN_COLUMNS,
     funnel,
+    label_stats,
     load_campaign_log,
 )
 from reports.policy_value import campaign_policy_values
@@ -193,6 +194,7 @@ def campaign_report(
         )
         report["segments_left_out"] = sorted(set(log.segments) - set(segments))
     report["funnel"] = funnel(log)
+    report["labels"] = label_stats(log, report.get("segments") or {}, log.headline_outcome)
     report["policy"] = campaign_policy_values(
         log, settings.quiet_start_hour, settings.quiet_end_hour, seed=seed
     )

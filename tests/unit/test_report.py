@@ -56,10 +56,11 @@ def _campaign() -> Campaign:
 
 @pytest.fixture
 def sent_campaign(settings: Settings, tmp_path: Path) -> dict[str, object]:
-    """3,000 users planned by the planner (the model prefers `good` for most), sends dispatched, answers
-    drawn from CLICK, organic purchases for everyone; 100 sends suppressed by a cap."""
+    """4,500 users listed to the planner, the campaign's audience those outside Japan (the model prefers
+    `good` for most), sends dispatched, answers drawn from CLICK, organic purchases for everyone; 100
+    sends suppressed by a cap."""
     rng = np.random.default_rng(5)
-    n = 3_000
+    n = 4_500
     users = pd.DataFrame(
         {
             "user_id": [f"u{i:05d}" for i in range(n)],
@@ -73,7 +74,9 @@ def sent_campaign(settings: Settings, tmp_path: Path) -> dict[str, object]:
     hour_scores = rng.random((n, 24))
     variant_scores = np.column_stack([rng.uniform(0.05, 0.2, n), rng.uniform(0.01, 0.1, n)])
     campaign = _campaign()
-    items = plan(campaign, Audience(users, hour_scores, variant_scores), START)
+    members = (users["country"] != "JP").to_numpy()
+    items = plan(campaign, Audience(users, hour_scores, variant_scores, members=members), START)
+    assert (items.loc[~members, "reason"] == "not_in_audience").all()
     migrate(settings)
     store = PlanStore(settings)
     store.save_campaign(campaign)
@@ -127,6 +130,7 @@ def sent_campaign(settings: Settings, tmp_path: Path) -> dict[str, object]:
     events.import_file(events_file)
     return {
         "items": items,
+        "members": int(members.sum()),
         "delivered": delivered,
         "clicked": int(clicked.sum()),
         "converted": int(converted.sum()),
@@ -157,6 +161,8 @@ def test_a_campaign_report_counts_by_assignment_and_agrees_with_what_happened(
     assert purchases["lift_abs"] > 0  # converted buyers spent 40 on top of organic purchases
 
     funnel = report["funnel"]
+    assert funnel["users"] == sent_campaign["members"]  # the audience, not everyone listed
+    assert funnel["reachable"] == sent_campaign["members"] - (items["reason"] == "opted_out").sum()
     assert funnel["sent"] == funnel["delivered"] == len(sent_campaign["delivered"])
     assert funnel["clicked"] == sent_campaign["clicked"]
     assert funnel["converted"] == sent_campaign["converted"]
@@ -165,6 +171,20 @@ def test_a_campaign_report_counts_by_assignment_and_agrees_with_what_happened(
     assert {"state": "suppressed", "reason": "capped", "items": 100, "example": "per_user_day: 1 a day"} in (
         funnel["not_sent"]
     )
+
+    # Per label: no feature tables here, so every member is "(none)", counted as the funnel counts.
+    assert report["labels"]["lifecycle_stage"] == [
+        {
+            "value": "(none)",
+            "audience": sent_campaign["members"],
+            "planned": int((items["decision"] == "send").sum()),
+            "sent": len(sent_campaign["delivered"]),
+            "clicked": sent_campaign["clicked"],
+            "converted": sent_campaign["converted"],
+            "lift_abs": None,
+            "lift_abs_ci": None,
+        }
+    ]
 
     by_variant = report["segments"]["variant_id"]
     good = by_variant["good"]["outcomes"]["clicked"]["arms"]["campaign"]["mean"]
