@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from cli.audiences import print_preview
 from cli.campaigns import print_dispatch_counts
 from cli.events import events_import, events_stats, simulate
 from cli.features import features_apply, features_build, features_materialize
@@ -99,9 +100,8 @@ def _demo_next_steps(settings: Any, campaign_id: str, sim_dir: Path, seconds: fl
 
 
 def _demo_plan_through_the_service(settings: Any) -> str:
-    """Start the HTTP service, create the demo campaign and plan every user through the API."""
-    import pandas as pd
-
+    """Start the HTTP service and a worker, preview the demo's audience, create the campaign for it
+    and plan the audience with a plan job, all through the API as a campaign system would."""
     from features.event_store import EventStore
     from pushplan.db.engine import migrate
     from pushplan.db.store import PlanStore
@@ -111,16 +111,21 @@ def _demo_plan_through_the_service(settings: Any) -> str:
     assert last is not None  # the tour imported events a step earlier
     # The campaign runs for the day after the simulated history, planned as of its start.
     start = datetime.combine(last.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    campaign = demo_campaign(start)
-    user_ids = pd.read_parquet(settings.users_path, columns=["user_id"])["user_id"].astype(str).tolist()
+    campaign = demo_campaign(start, DEMO_AUDIENCE)
     migrate(settings)
     key = create_key(PlanStore(settings), Role.campaign)
-    with running_service(settings.data_dir, key) as service:
+    with running_service(settings.data_dir, key) as service, running_worker(settings.data_dir, 2):
         out.print(f"service at {service.base_url} (log: {service.log})", highlight=False)
-        items = plan_through_api(service, campaign, user_ids, start)
+        with service.client() as client:
+            body = {"rule": DEMO_AUDIENCE, "channels": list(campaign.channels), "now": start.isoformat()}
+            shown = client.post("/v1/audiences/preview", json=body)
+            shown.raise_for_status()
+        print_preview(shown.json())
+        items = plan_audience_through_api(service, campaign, start)
     out.print(
         f"created campaign {campaign.campaign_id!r} ({len(campaign.variants)} variants, "
-        f"{start:%Y-%m-%d} UTC) and planned {len(items):,} users through POST /v1/plans",
+        f"{start:%Y-%m-%d} UTC) for {DEMO_AUDIENCE} and planned its {len(items):,} users "
+        "through a plan job (POST /v1/campaigns/{id}/plan-jobs)",
         highlight=False,
     )
     print_plan_summary(items, f"plan: {len(items):,} users")
@@ -188,8 +193,9 @@ def _demo_responses(settings: Any, campaign_id: str, sim_dir: Path) -> None:
 
 # The service and the worker as their own processes, and the demo's campaign (tests use them too).
 
-# Users per `POST /v1/plans` call: well under the API's 10,000, as a campaign system would batch.
-PLAN_BATCH = 2_500
+# Who the demo's campaign is for (docs/audiences.md), and how long its plan job may take.
+DEMO_AUDIENCE = 'lifecycle_stage in ("active", "sleeping")'
+PLAN_JOB_WAIT_S = 600
 
 
 @dataclass(frozen=True)
@@ -272,8 +278,9 @@ def _wait_ready(service: RunningService, process: subprocess.Popen[bytes], withi
     raise RuntimeError(f"the service was not ready within {within_s:.0f} s; see {service.log}")
 
 
-def demo_campaign(start: datetime) -> Campaign:
-    """Four titles of different kinds over one day, pushed, with a 10 % holdout and 10 % exploration."""
+def demo_campaign(start: datetime, audience: str | None = None) -> Campaign:
+    """Four titles of different kinds over one day, pushed, with a 10 % holdout and 10 % exploration,
+    for `audience` (a rule) or every user."""
     from pushplan.domain import Campaign
 
     return Campaign.model_validate(
@@ -290,27 +297,33 @@ def demo_campaign(start: datetime) -> Campaign:
             "window": {"start": start.isoformat(), "end": (start + timedelta(days=1)).isoformat()},
             "holdout_fraction": 0.1,
             "exploration": 0.1,
+            "audience": audience,
         }
     )
 
 
-def plan_through_api(
-    service: RunningService, campaign: Campaign, user_ids: list[str], now: datetime
-) -> pd.DataFrame:
-    """Create the campaign and plan every user through the API, in batches; the items as a frame."""
+def plan_audience_through_api(service: RunningService, campaign: Campaign, now: datetime) -> pd.DataFrame:
+    """Create the campaign, plan its audience with a plan job and read the items back, page by page."""
     import pandas as pd
 
-    items = []
     with service.client() as client:
-        created = client.post("/v1/campaigns", json=campaign.model_dump(mode="json"))
+        client.post("/v1/campaigns", json=campaign.model_dump(mode="json")).raise_for_status()
+        created = client.post(
+            f"/v1/campaigns/{campaign.campaign_id}/plan-jobs", json={"now": now.isoformat()}
+        )
         created.raise_for_status()
-        for first in range(0, len(user_ids), PLAN_BATCH):
-            body = {
-                "campaign_id": campaign.campaign_id,
-                "user_ids": user_ids[first : first + PLAN_BATCH],
-                "now": now.isoformat(),
-            }
-            response = client.post("/v1/plans", json=body)
-            response.raise_for_status()
-            items += response.json()["items"]
-    return pd.DataFrame(items)
+        job = created.json()
+        deadline = time.monotonic() + PLAN_JOB_WAIT_S
+        while job["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            job = client.get(f"/v1/plan-jobs/{job['job_id']}").raise_for_status().json()
+        if job["state"] != "done":
+            raise RuntimeError(f"the plan job did not finish: {job}")
+        items, after = [], None
+        while True:
+            params = {"limit": 1000} | ({"after": after} if after else {})
+            page = client.get(f"/v1/campaigns/{campaign.campaign_id}/plan-items", params=params)
+            items += page.raise_for_status().json()["items"]
+            after = page.json()["next_after"]
+            if after is None:
+                return pd.DataFrame(items)

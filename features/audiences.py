@@ -26,7 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from features.event_store import EventStore
-from features.tables import LIFECYCLE_STAGES, RFM_SEGMENTS, table_path
+from features.tables import LIFECYCLE_STAGES, RFM_CELLS, RFM_SEGMENTS, table_path
 from pushplan.audience_rules import FieldSpec, Kind, Rule, RuleError, Schema, check, evaluate, parse
 from pushplan.domain import Channel, EventType
 from pushplan.settings import Settings
@@ -52,7 +52,14 @@ BUILT_IN: dict[str, tuple[str | None, FieldSpec]] = {
     "sms_opt_in": ("user_profile", FieldSpec(Kind.flag, about="reachable by SMS (opt-outs applied)")),
     "email_opt_in": ("user_profile", FieldSpec(Kind.flag, about="reachable by email (opt-outs applied)")),
     "days_since_signup": ("user_profile", FieldSpec(_N, about="days since signup")),
-    "rfm_segment": ("user_rfm", FieldSpec(Kind.text, frozenset(RFM_SEGMENTS), "named RFM cell")),
+    "rfm_cell": (
+        "user_rfm",
+        FieldSpec(Kind.text, frozenset(RFM_CELLS), "named RFM cell (docs/audiences.md)"),
+    ),
+    "rfm_segment": (
+        "user_rfm",
+        FieldSpec(Kind.text, frozenset(RFM_SEGMENTS), "the models' coarse RFM group"),
+    ),
     "lifecycle_stage": ("user_rfm", FieldSpec(Kind.text, frozenset(LIFECYCLE_STAGES), "lifecycle stage")),
     "recency_days": ("user_rfm", FieldSpec(_N, about="days since the last purchase")),
     "frequency_90d": ("user_rfm", FieldSpec(_N, about="purchases in the last 90 days")),
@@ -67,10 +74,16 @@ BUILT_IN: dict[str, tuple[str | None, FieldSpec]] = {
     "clicks_30d": ("user_fatigue", FieldSpec(_N, about="push clicks in the last 30 days")),
 }
 # The labels a preview breaks its count down by.
-BREAKDOWN = ("lifecycle_stage", "rfm_segment")
+BREAKDOWN = ("lifecycle_stage", "rfm_cell")
 # Shown for each user of a preview's sample.
 SHOWN = ("country", "platform", *BREAKDOWN)
-REACHABLE = {Channel.push: "push_opt_in", Channel.sms: "sms_opt_in", Channel.email: "email_opt_in"}
+# The opt-in that reaches a channel (the sandbox stands in for push; a webhook reaches everyone).
+REACHABLE = {
+    Channel.push: "push_opt_in",
+    Channel.sandbox: "push_opt_in",
+    Channel.sms: "sms_opt_in",
+    Channel.email: "email_opt_in",
+}
 
 
 def schema(settings: Settings) -> Schema:

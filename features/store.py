@@ -187,6 +187,7 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "f_score": 0,
         "m_score": 0,
         "rfm_segment": "no_purchase",
+        "rfm_cell": "no_purchase",
         "days_since_active": math.nan,
         "lifecycle_stage": "new",
         "sends_1d": 0.0,

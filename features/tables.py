@@ -341,7 +341,8 @@ def _rfm(grid: _Grid, settings: Settings) -> dict[str, np.ndarray]:
         "r_score": r_score,
         "f_score": f_score,
         "m_score": m_score,
-        "rfm_segment": _rfm_segment(r_score, f_score, m_score, buyers),
+        "rfm_segment": _rfm_segment(r_score, f_score, buyers),
+        "rfm_cell": _rfm_cell(r_score, f_score, m_score, buyers),
         "days_since_active": inactive_days,
         "lifecycle_stage": _lifecycle(_profile_age(grid), inactive_days, settings),
     }
@@ -370,10 +371,16 @@ def _quintile_score(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     return scores
 
 
-# The named RFM cells, by recency score (rows, 5 = bought most recently) and the mean of the
-# frequency and monetary scores (columns, rounded half up), as marketing teams draw the grid; scores
-# are quintiles among the users who bought in the last RFM_WINDOW_DAYS, so every cell is relative
-# to this app's own customers that day. Users who did not buy in the window are `no_purchase`.
+# The models' coarse RFM group (`rfm_segment`), from recency and frequency scores: part of the
+# click and variant feature services' contracts since v1, so its values never change meaning.
+RFM_SEGMENTS = ("champions", "loyal", "promising", "at_risk", "hibernating", "needs_attention", "no_purchase")
+
+# The named RFM cells operators choose audiences by (`rfm_cell`), by recency score (rows, 5 = bought
+# most recently) and the mean of the frequency and monetary scores (columns, rounded half up), as
+# marketing teams draw the grid. Scores are quintiles among the users who bought in the last
+# RFM_WINDOW_DAYS, so every cell is relative to this app's own customers that day. Users who did
+# not buy in the window are `no_purchase`. (A new column, not new values of `rfm_segment`: on the
+# demo's history the variant model learns less from eleven cells than from the five groups.)
 RFM_GRID = (
     # FM:  1                 2                 3                 4            5
     ("lost", "hibernating", "at_risk", "cant_lose", "cant_lose"),  # R = 1
@@ -382,7 +389,7 @@ RFM_GRID = (
     ("promising", "potential", "potential", "loyal", "champions"),  # R = 4
     ("new", "potential", "potential", "champions", "champions"),  # R = 5
 )
-RFM_SEGMENTS = (
+RFM_CELLS = (
     "champions",
     "loyal",
     "potential",
@@ -399,7 +406,23 @@ RFM_SEGMENTS = (
 LIFECYCLE_STAGES = ("new", "active", "sleeping", "churned")
 
 
-def _rfm_segment(r: np.ndarray, f: np.ndarray, m: np.ndarray, buyers: np.ndarray) -> np.ndarray:
+def _rfm_segment(r: np.ndarray, f: np.ndarray, buyers: np.ndarray) -> np.ndarray:
+    """The models' coarse RFM group from recency and frequency scores (RFM_SEGMENTS)."""
+    segment = np.full(r.shape, "no_purchase", dtype=object)
+    rules = [
+        ((r >= 4) & (f >= 4), "champions"),
+        ((r >= 3) & (f >= 3), "loyal"),
+        ((r >= 4) & (f <= 2), "promising"),
+        ((r <= 2) & (f >= 3), "at_risk"),
+        ((r <= 2) & (f <= 2), "hibernating"),
+    ]
+    segment[buyers] = "needs_attention"
+    for mask, name in reversed(rules):
+        segment[buyers & mask] = name
+    return segment
+
+
+def _rfm_cell(r: np.ndarray, f: np.ndarray, m: np.ndarray, buyers: np.ndarray) -> np.ndarray:
     """Each buyer's named cell of RFM_GRID; `no_purchase` for the others."""
     grid = np.array(RFM_GRID, dtype=object)
     fm = np.floor((f + m) / 2 + 0.5).astype(int)

@@ -26,6 +26,7 @@
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from features.audiences import preview
 from features.event_store import EventStore
 from features.store import feature_store, read_stored, snapshot_span
 from pushplan.clock import local_clock
@@ -74,16 +75,17 @@ fig.colorbar(image, ax=ax)
 plt.show()
 
 # %% [markdown]
-# ## RFM segments and lifecycle stages, as Feast serves them
-# Read from Feast's offline store as of the last daily snapshot: the same values a plan made then
-# would have used (point-in-time correct).
+# ## Labels: RFM cells and lifecycle stages, as Feast serves them
+# The labels operators choose audiences by (docs/audiences.md), read from Feast's offline store as
+# of the last daily snapshot: the same values a plan made then would have used (point-in-time
+# correct).
 
 # %%
 store = feature_store(settings)
 _, last_snapshot = snapshot_span(settings)
 user_ids = users["user_id"].astype(str).tolist()
 refs = [
-    "user_rfm:rfm_segment",
+    "user_rfm:rfm_cell",
     "user_rfm:lifecycle_stage",
     "user_rfm:frequency_90d",
     "user_rfm:monetary_90d",
@@ -95,7 +97,7 @@ features.describe(include="all").T
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-for ax, column in zip(axes, ["rfm_segment", "lifecycle_stage"], strict=True):
+for ax, column in zip(axes, ["rfm_cell", "lifecycle_stage"], strict=True):
     counts = features[column].fillna("(none)").value_counts()
     ax.barh(counts.index, counts.to_numpy())
     ax.set(title=f"{column} on {last_snapshot:%Y-%m-%d}", xlabel="users")
@@ -103,13 +105,23 @@ fig.tight_layout()
 plt.show()
 
 # %%
-segments = features.groupby(features["rfm_segment"].fillna("(none)")).agg(
+segments = features.groupby(features["rfm_cell"].fillna("(none)")).agg(
     users=("user_id", "size"),
     purchases_90d=("frequency_90d", "mean"),
     revenue_90d=("monetary_90d", "mean"),
     activity=("activity_events", "mean"),
 )
 segments.sort_values("revenue_90d", ascending=False).round(2)
+
+# %% [markdown]
+# ## An audience, previewed
+# Who a rule selects as of the last snapshot: what `pushplan audience preview` and
+# `POST /v1/audiences/preview` answer before a campaign is created for it.
+
+# %%
+shown = preview(settings, 'lifecycle_stage in ("active", "sleeping") and rfm_cell != "lost"', last_snapshot)
+print(f"{shown['count']:,} of {shown['users']:,} users, {shown['reachable']['any']:,} reachable by push")
+pd.DataFrame(shown["by_label"]["rfm_cell"], index=["users"]).T
 
 # %% [markdown]
 # ## Cold start

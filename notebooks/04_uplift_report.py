@@ -76,7 +76,7 @@ outcomes.round(4)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-for ax, column in zip(axes, ["variant_id", "rfm_segment"], strict=True):
+for ax, column in zip(axes, ["variant_id", "rfm_cell"], strict=True):
     values = report["segments"].get(column, {})
     names, lifts, lows, highs = [], [], [], []
     for value, segment in values.items():

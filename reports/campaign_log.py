@@ -53,6 +53,7 @@ PLAN_COLUMNS = ("variant_id", "local_send_hour", "channel")
 # Stored features read as of the window's start: segments for the report, covariates for uplift models.
 FEATURE_REFS = (
     "user_rfm:rfm_segment",
+    "user_rfm:rfm_cell",
     "user_rfm:lifecycle_stage",
     "user_rfm:recency_days",
     "user_rfm:frequency_90d",
@@ -66,7 +67,7 @@ FEATURE_REFS = (
 )
 USER_ATTRIBUTES = ("platform", "country", "timezone")
 # The built-in labels operators choose audiences by, counted per value in `label_stats`.
-LABELS = ("lifecycle_stage", "rfm_segment")
+LABELS = ("lifecycle_stage", "rfm_cell")
 
 
 class NothingToReport(ValueError):
@@ -148,7 +149,7 @@ def load_campaign_log(
     attributes = _user_attributes(events, users["user_id"])
     features = _features_at(settings, users["user_id"].tolist(), campaign.window.start)
     users = pd.concat([users, attributes, features], axis=1)
-    segments = [c for c in ("rfm_segment", "lifecycle_stage", *USER_ATTRIBUTES) if c in users]
+    segments = [c for c in ("rfm_cell", "lifecycle_stage", *USER_ATTRIBUTES) if c in users]
     covariates = [c for c in users.columns if c in features or c in attributes]
     return CampaignLog(
         campaign=campaign,

@@ -34,7 +34,7 @@ def audience_scenario(client: TestClient, headers: dict[str, str], settings: Set
     assert bad.status_code == 422
     assert bad.json()["detail"] == "rule: unknown field 'platfrom' (did you mean 'platform'?) (at position 0)"
     fields = {f["field"]: f for f in client.get("/v1/audiences/fields", headers=headers).json()}
-    assert "champions" in fields["rfm_segment"]["values"] and fields["monetary_90d"]["kind"] == "number"
+    assert "cant_lose" in fields["rfm_cell"]["values"] and fields["monetary_90d"]["kind"] == "number"
 
     campaign = {
         "campaign_id": "ios-active",

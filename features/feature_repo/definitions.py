@@ -139,7 +139,13 @@ user_rfm_fv = FeatureView(
         Field(
             name="rfm_segment",
             dtype=String,
-            description="Named RFM cell (features.tables.RFM_GRID, docs/audiences.md); no_purchase.",
+            description="The models' coarse RFM group: champions, loyal, promising, at_risk, hibernating, "
+            "needs_attention or no_purchase.",
+        ),
+        Field(
+            name="rfm_cell",
+            dtype=String,
+            description="The named RFM cell operators choose audiences by (docs/audiences.md); no_purchase.",
         ),
         Field(name="days_since_active", dtype=Float32, description="Days since any activity (NaN: never)."),
         Field(

@@ -50,7 +50,8 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
         "train",
         "oracle share",
         "serve and plan",
-        "planned 5,000 users through POST /v1/plans",
+        "audience: lifecycle_stage in",
+        "through a plan job",
         "local send hour",
         "7. dispatch",
         "8. responses",
@@ -58,14 +59,17 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     ):
         assert step in demo.stdout
 
-    # The plan the demo made through the service is in the plan store: every user, one decision.
+    # The plan the demo made through the service is in the plan store: its audience as previewed
+    # (active or sleeping users: most of the 5,000, not all), one decision each.
     from pushplan.db.store import PlanStore
     from pushplan.settings import Settings
 
     plans = PlanStore(Settings(data_dir=Path(env["PUSHPLAN_DATA_DIR"])))
     campaign_id = demo.stdout.split("created campaign '")[1].split("'")[0]
     counts = plans.counts(campaign_id)
-    assert sum(counts.values()) == 5000
+    audience = int(demo.stdout.split("│ selected")[1].split("│")[1].strip().replace(",", ""))
+    assert 2500 < audience < 5000 and sum(counts.values()) == audience
+    assert f"planned its {audience:,} users" in demo.stdout
     reachable = counts["send"] + counts["holdout"]
     assert counts["send"] > 2500 and abs(counts["holdout"] / reachable - 0.1) < 0.03
 
@@ -94,11 +98,14 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
         lo, hi = report["outcomes"][outcome]["arms"]["campaign"]["lift_abs_ci"]
         assert lo <= truth[outcome] <= hi, (outcome, lo, truth[outcome], hi)
     assert report["srm"]["mismatch"] is False
-    assert report["funnel"]["sent"] == counts["send"]
-    assert {"variant_id", "local_send_hour", "channel", "rfm_segment"} <= set(report["segments"])
+    assert report["funnel"]["sent"] == counts["send"] and report["funnel"]["users"] == audience
+    stages = {row["value"]: row for row in report["labels"]["lifecycle_stage"]}
+    assert set(stages) == {"active", "sleeping"} and sum(r["audience"] for r in stages.values()) == audience
+    assert sum(r["sent"] for r in stages.values()) == counts["send"]
+    assert {"variant_id", "local_send_hour", "channel", "rfm_cell"} <= set(report["segments"])
     uplift = report["uplift"]["campaign"]
     assert uplift["outcome"] == "purchased" and uplift["rows"]["control"] == report["arms"]["holdout"]
-    assert {"rfm_segment", "lifecycle_stage"} <= set(uplift["segments"])
+    assert {"rfm_cell", "lifecycle_stage"} <= set(uplift["segments"])
     policy = report["policy"]["policies"]
     # The models' choices beat uniformly random ones by far here (0.94 against 0.21 of the oracle).
     assert policy["model"]["dr"]["ci"][0] > policy["uniform"]["dr"]["ci"][1]
@@ -124,26 +131,31 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     assert page.svg_charts >= 4 and len(page.screenshot) > 10_000
     assert refused.status_code == 401
 
-    # `pushplan plan` plans the whole audience from the offline store as of the campaign's start; it
-    # agrees with the plan the service made from the online store then. (Not with the online store
-    # now: dispatch and the answers have since moved users' fatigue and clicks on.)
-    from cli.demo import demo_campaign
+    # `pushplan plan` plans the campaign's audience from the offline store as of the campaign's start,
+    # as the demo's plan job did: the same users and decisions. Given every user (--users), it skips
+    # those outside the audience `not_in_audience` and plans the others the same way.
+    from cli.demo import DEMO_AUDIENCE, demo_campaign
 
     start = demo.stdout.split(f"created campaign '{campaign_id}' (4 variants, ")[1][:10]
     campaign_file = tmp_path / "campaign.json"
-    campaign_file.write_text(demo_campaign(pd.Timestamp(start, tz="UTC").to_pydatetime()).model_dump_json())
+    campaign = demo_campaign(pd.Timestamp(start, tz="UTC").to_pydatetime(), DEMO_AUDIENCE)
+    campaign_file.write_text(campaign.model_dump_json())
     users_file = Path(env["PUSHPLAN_DATA_DIR"]) / "users" / "users.parquet"
-    out_file = tmp_path / "plan.parquet"
-    args = ["plan", str(campaign_file), "--users", str(users_file), "--out", str(out_file)]
-    planned = run(*args, "--now", f"{start}T00:00:00Z", "--offline", env=env)
-    assert "local send hour" in planned.stdout
-    offline = pd.read_parquet(out_file).set_index("user_id").sort_index()
     stored = pd.DataFrame([i.model_dump() for i in plans.list_items(campaign_id, limit=10_000)])
     stored = stored.set_index("user_id").sort_index()
     plans.engine.dispose()
-    assert len(offline) == len(stored) == 5000
-    assert (offline["decision"] == stored["decision"]).all()
-    assert (offline["variant_id"].fillna("") == stored["variant_id"].fillna("")).all()
+    for listed in ([], ["--users", str(users_file)]):
+        out_file = tmp_path / f"plan{len(listed)}.parquet"
+        args = ["plan", str(campaign_file), *listed, "--out", str(out_file)]
+        planned = run(*args, "--now", f"{start}T00:00:00Z", "--offline", env=env)
+        assert "local send hour" in planned.stdout
+        offline = pd.read_parquet(out_file).set_index("user_id").sort_index()
+        outside = offline["reason"] == "not_in_audience"
+        assert len(offline) == (5000 if listed else audience) and outside.sum() == len(offline) - audience
+        offline = offline[~outside]
+        assert offline.index.equals(stored.index)
+        assert (offline["decision"] == stored["decision"]).all()
+        assert (offline["variant_id"].fillna("") == stored["variant_id"].fillna("")).all()
 
     # The quality bar, judged in the demo's step 5 on the simulated history's latest campaign.
     assert float(demo.stdout.split("oracle share (as served)")[1].split()[1]) >= 0.85

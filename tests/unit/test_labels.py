@@ -11,7 +11,7 @@ import pytest
 
 from features.audiences import compile_for, preview, select
 from features.event_store import EventStore
-from features.tables import RFM_GRID, RFM_SEGMENTS, build_feature_tables
+from features.tables import RFM_CELLS, RFM_GRID, build_feature_tables
 from pushplan.audience_rules import RuleError
 from pushplan.settings import Settings
 
@@ -71,8 +71,8 @@ def test_every_rfm_cell_is_reached_from_its_scores(grid_of_buyers: pd.DataFrame)
         for fm in range(1, 6):
             row = grid_of_buyers.loc[f"r{r}fm{fm}"]
             assert (row["r_score"], row["f_score"], row["m_score"]) == (r, fm, fm)
-            assert row["rfm_segment"] == RFM_GRID[r - 1][fm - 1]
-    assert set(grid_of_buyers["rfm_segment"]) == set(RFM_SEGMENTS) - {"no_purchase"}
+            assert row["rfm_cell"] == RFM_GRID[r - 1][fm - 1]
+    assert set(grid_of_buyers["rfm_cell"]) == set(RFM_CELLS) - {"no_purchase"}
 
 
 def test_lifecycle_stages_and_no_purchase_point_in_time(settings: Settings, tmp_path: Path) -> None:
@@ -112,9 +112,9 @@ def test_lifecycle_stages_and_no_purchase_point_in_time(settings: Settings, tmp_
         "dozing": "sleeping",  # 17 days idle: over 7, at most 30
         "gone": "churned",
     }
-    assert set(on["rfm_segment"]) == {"no_purchase"}
+    assert set(on["rfm_cell"]) == set(on["rfm_segment"]) == {"no_purchase"}
     after = rfm[rfm["event_timestamp"] == pd.Timestamp("2026-06-04", tz="UTC")].set_index("user_id")
-    assert after.loc["busy", "rfm_segment"] != "no_purchase"
+    assert after.loc["busy", "rfm_cell"] != "no_purchase"
 
 
 @pytest.fixture
