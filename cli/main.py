@@ -12,7 +12,7 @@ from typing import TextIO
 
 import typer
 
-from cli import audiences, campaigns, demo, events, features, keys, models, plans, reports, service
+from cli import audiences, campaigns, demo, events, features, keys, labels, models, plans, reports, service
 from cli.output import err
 from pushplan.settings import get_settings
 
@@ -39,6 +39,7 @@ app.add_typer(features.app, name="features")
 app.add_typer(models.app, name="models")
 app.add_typer(campaigns.app, name="campaign")
 app.add_typer(audiences.app, name="audience")
+app.add_typer(labels.app, name="labels")
 app.add_typer(keys.app, name="keys")
 
 

@@ -12,10 +12,10 @@ not in any audience until imported as a user.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -25,23 +25,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from features.attributes import as_kind, attributes
 from features.event_store import EventStore
 from features.tables import LIFECYCLE_STAGES, RFM_CELLS, RFM_SEGMENTS, table_path
 from pushplan.audience_rules import FieldSpec, Kind, Rule, RuleError, Schema, check, evaluate, parse
+from pushplan.db.labels import LabelVersion, add_version, labels_in_force
+from pushplan.db.store import PlanStore
 from pushplan.domain import Channel, EventType
-from pushplan.settings import Settings
+from pushplan.settings import Settings, per_settings
 
-# The users file's contract columns (features/schema.py); any other column is a custom attribute.
-_USER_CONTRACT = (
-    "user_id",
-    "timezone",
-    "country",
-    "platform",
-    "signup_at",
-    "push_opt_in",
-    "sms_opt_in",
-    "email_opt_in",
-)
 _N = Kind.number
 # Built-in fields and the feature table each is read from (None: the users file only).
 BUILT_IN: dict[str, tuple[str | None, FieldSpec]] = {
@@ -86,61 +78,54 @@ REACHABLE = {
 }
 
 
-def schema(settings: Settings) -> Schema:
-    """The built-in fields, the users file's custom attributes, and the event names, for
-    `pushplan.audience_rules.check`."""
+def schema(settings: Settings, *, custom_labels: bool = True) -> Schema:
+    """The built-in fields, the users file's custom attributes, the operators' custom labels (yes/no
+    fields) and the event names, for `pushplan.audience_rules.check`."""
     fields = {name: spec for name, (_, spec) in BUILT_IN.items()}
-    for name, kind in _attributes(settings).items():
+    for name, kind in attributes(settings).items():
         fields.setdefault(name, FieldSpec(kind, about="custom attribute from the users file"))
+    if custom_labels:
+        for label in labels_in_force(_plan_store(settings)):
+            about = f"custom label v{label.version} by {label.author}: {label.rule}"
+            fields.setdefault(label.name, FieldSpec(Kind.flag, about=about))
     return Schema(fields, frozenset(e.value for e in EventType))
 
 
-def _attributes(settings: Settings) -> dict[str, Kind]:
-    """The users file's extra columns and their kinds (read again only when the file changes)."""
-    path = settings.users_path
-    return _attribute_kinds(str(path), path.stat().st_mtime_ns) if path.exists() else {}
+@per_settings
+def _plan_store(settings: Settings) -> PlanStore:
+    """One plan store (one engine and pool) per configuration and process, for the label definitions."""
+    return PlanStore(settings)
 
 
-@lru_cache(maxsize=4)
-def _attribute_kinds(path: str, _mtime_ns: int) -> dict[str, Kind]:
-    """A column's kind from its type, or, for text (a CSV's columns arrive as text), from its values:
-    all numbers is a number, all true/false is yes/no."""
-    extra = [c for c in pq.read_schema(path).names if c not in _USER_CONTRACT]
-    if not extra:
-        return {}
-    table = pq.read_table(path, columns=extra)
-    kinds = {}
-    for name in extra:
-        column = table.column(name)
-        kinds[name] = _kind(column.type)
-        if kinds[name] == Kind.text:
-            values = pd.Series(pc.unique(column).to_pylist(), dtype=object).dropna().astype(str).str.strip()
-            values = values[values != ""]
-            if len(values) and values.str.lower().isin(_FLAG_TEXT).all():
-                kinds[name] = Kind.flag
-            elif len(values) and pd.to_numeric(values, errors="coerce").notna().all():
-                kinds[name] = Kind.number
-    return kinds
+# A custom label's name: a field name that stays readable in rules and reports.
+LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-_FLAG_TEXT = {"true": True, "false": False}
+def define_label(settings: Settings, name: str, rule: str, author: str) -> LabelVersion:
+    """Store a new version of a custom label, checked first: the name must be new among fields (or
+    this label's), and the rule valid over the built-in fields and the users file's attributes (not
+    over other custom labels, so no label depends on another). Takes effect at the next build."""
+    if not LABEL_NAME.match(name):
+        raise RuleError(f"label name {name!r}: lower-case letters, digits and _, a letter first, at most 64")
+    fields = schema(settings, custom_labels=False)
+    if name in fields.fields:
+        raise RuleError(f"label name {name!r} is already a field; choose another")
+    try:
+        parse(name)
+    except RuleError:
+        raise RuleError(f"label name {name!r} is a word of the rule language; choose another") from None
+    check(parse(rule), fields)
+    if not author.strip():
+        raise RuleError("a label needs its author")
+    return add_version(_plan_store(settings), name, rule, author.strip())
 
 
-def _as_kind(values: pd.Series, kind: Kind) -> pd.Series:
-    """A users file column as its kind: text numbers as numbers, true/false text as yes/no."""
-    if kind == Kind.number:
-        return pd.to_numeric(values, errors="coerce")
-    if kind == Kind.flag and not pd.api.types.is_bool_dtype(values):
-        return values.astype(str).str.strip().str.lower().map(_FLAG_TEXT).astype("boolean")
-    return values.astype(object).where(values.astype(str).str.strip() != "", None)
-
-
-def _kind(kind: pa.DataType) -> Kind:
-    if pa.types.is_boolean(kind):
-        return Kind.flag
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        return Kind.number
-    return Kind.text
+def remove_label(settings: Settings, name: str, author: str) -> LabelVersion:
+    """A last version of the label that removes it (its history stays); KeyError if not in force."""
+    store = _plan_store(settings)
+    if name not in {label.name for label in labels_in_force(store)}:
+        raise KeyError(f"no custom label {name!r}")
+    return add_version(store, name, None, author)
 
 
 def compile_for(settings: Settings, text: str) -> Rule:
@@ -198,15 +183,18 @@ def snapshot(
         missing = pd.DataFrame({"user_id": [u for u, i in zip(user_ids, order, strict=True) if i < 0]})
         frame = pd.concat([frame, missing], ignore_index=True) if len(missing) else frame
     frame["user_id"] = frame["user_id"].astype(str)
-    for name, kind in _attributes(settings).items():
+    for name, kind in attributes(settings).items():
         if name in frame:
-            frame[name] = _as_kind(frame[name], kind)
+            frame[name] = as_kind(frame[name], kind)
     as_of = None
     by_table: dict[str, list[str]] = {}
+    custom = {label.name for label in labels_in_force(_plan_store(settings))} & set(wanted)
     for name in wanted:
         table = BUILT_IN.get(name, (None, None))[0]
         if table is not None:
             by_table.setdefault(table, []).append(name)
+    if custom:
+        as_of = _custom_flags(settings, frame, sorted(custom), now)
     for table, columns in by_table.items():
         stamp, values = _latest_day(settings, table, columns, now)
         as_of = stamp if as_of is None or (stamp is not None and stamp < as_of) else as_of
@@ -224,6 +212,27 @@ def snapshot(
                 taken.to_numpy() if column not in frame else taken.combine_first(frame[column]).to_numpy()
             )
     return Snapshot(frame, as_of)
+
+
+def _custom_flags(
+    settings: Settings, frame: pd.DataFrame, names: list[str], now: datetime
+) -> datetime | None:
+    """Each custom label in `names` as a yes/no column of `frame`, from the `user_labels` table's
+    latest snapshot at or before `now` (a label defined since that build is no one's yet)."""
+    stamp, values = _latest_day(settings, "user_labels", ["labels"], now)
+    for name in names:
+        frame[name] = False
+    if values is None:
+        return stamp
+    lists = values.column("labels").combine_chunks()
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+    parent = pc.list_parent_indices(lists).to_numpy()
+    rows = pd.Index(values.column("user_id").to_pylist()).get_indexer(frame["user_id"])
+    for name in names:
+        holders = np.zeros(len(values), dtype=bool)
+        holders[parent[flat == name]] = True
+        frame[name] = np.where(rows >= 0, holders[np.maximum(rows, 0)], False)
+    return stamp
 
 
 def _latest_day(

@@ -19,8 +19,12 @@ import pandas as pd
 import pyarrow as pa
 from rich.progress import Progress
 
+from features.attributes import as_kind, attributes_of
 from features.event_store import EventStore
+from pushplan.audience_rules import RuleError, evaluate, parse
 from pushplan.clock import local_clock
+from pushplan.db.labels import LabelVersion, labels_in_force
+from pushplan.db.store import PlanStore
 from pushplan.domain import VARIANT_TAGS, EventType
 from pushplan.files import write_parquet
 from pushplan.settings import Settings
@@ -38,6 +42,7 @@ TABLES = (
     "user_fatigue",
     "user_tag_affinity",
     "user_hour_habits",
+    "user_labels",
 )
 NS_PER_DAY = 86_400 * 10**9
 HABIT_VECTORS = (
@@ -80,16 +85,23 @@ def build_feature_tables(settings: Settings, *, progress: bool = False) -> Build
     if events.empty:
         raise ValueError("the event store holds no events: import some first (pushplan events import)")
     grid = _Grid.from_log(events, users, settings.default_timezone)
+    plans = PlanStore(settings)
+    definitions = labels_in_force(plans)
+    plans.engine.dispose()
     written: dict[str, Path] = {}
+    built: dict[str, pd.DataFrame] = {}
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("building feature tables", total=len(steps))
+        task = bar.add_task("building feature tables", total=len(steps) + 1)
         for name, compute in steps:
             frame = grid.rows(compute(grid))
-            path = write_parquet(
+            built[name] = frame
+            written[name] = write_parquet(
                 pa.Table.from_pandas(frame, preserve_index=False), table_path(settings, name)
             )
-            written[name] = path
             bar.advance(task)
+        labels = _custom_labels(grid, built, definitions)
+        written["user_labels"] = write_parquet(labels, table_path(settings, "user_labels"))
+        bar.advance(task)
     stamps = grid.as_of
     return BuildSummary(
         users=grid.n_users,
@@ -436,6 +448,67 @@ def _lifecycle(age_days: np.ndarray, inactive_days: np.ndarray, settings: Settin
     stage[inactive_days <= settings.lifecycle_active_days] = "active"
     stage[age_days < settings.lifecycle_new_days] = "new"
     return stage
+
+
+class LabelFailed(ValueError):
+    """A custom label whose rule cannot be evaluated on the tables (a field no longer there)."""
+
+
+def _custom_labels(grid: _Grid, built: dict[str, pd.DataFrame], definitions: list[LabelVersion]) -> pa.Table:
+    """The `user_labels` table: per (user, day) row, the names of the custom labels whose rule holds
+    on that day's snapshot, over every other table's columns, the users file's attributes and the
+    event log up to the snapshot (`did X in last N days` counts whole UTC days: the snapshot's day
+    and the N - 1 before it)."""
+    first = next(iter(built.values()))
+    rows = len(first)
+    columns = _GridColumns(grid, built) if definitions else None
+    held = np.zeros((rows, len(definitions)), dtype=bool)
+    for k, label in enumerate(definitions):
+        assert columns is not None
+        try:
+            held[:, k] = evaluate(parse(label.rule or ""), columns)
+        except (KeyError, RuleError) as exc:
+            raise LabelFailed(f"custom label {label.name!r} (v{label.version}): {exc}") from None
+    names = np.array([label.name for label in definitions], dtype=object)
+    offsets = np.concatenate([[0], np.cumsum(held.sum(axis=1))]).astype(np.int32)
+    values = pa.array(names[np.nonzero(held)[1]].tolist(), type=pa.string())
+    return pa.table(
+        {
+            "user_id": pa.array(first["user_id"].to_numpy(), type=pa.string()),
+            "event_timestamp": pa.array(first["event_timestamp"]),
+            "labels": pa.ListArray.from_arrays(pa.array(offsets), values),
+        }
+    )
+
+
+class _GridColumns:
+    """`pushplan.audience_rules.Columns` over every (user, day) row of the built tables."""
+
+    def __init__(self, grid: _Grid, built: dict[str, pd.DataFrame]) -> None:
+        self.grid = grid
+        self.frames = built
+        u, d = np.nonzero(grid.present)  # the rows' order, as `_Grid.rows` lays them out
+        self.u, self.d = u, d
+        self.kinds = attributes_of(grid.users)
+
+    @property
+    def size(self) -> int:
+        return int(self.u.size)
+
+    def column(self, name: str) -> pd.Series:
+        for frame in self.frames.values():
+            if name in frame:
+                return frame[name]
+        if name in self.kinds:
+            return as_kind(self.grid.users[name], self.kinds[name]).iloc[self.u].reset_index(drop=True)
+        raise KeyError(f"no column {name!r} in the feature tables or the users file")
+
+    def did(self, event: str, days: int) -> np.ndarray:
+        kinds = tuple(k for k in EventType if k.value == event)
+        if not kinds:
+            return np.zeros(self.size, dtype=bool)
+        counts = trailing(self.grid.daily(kinds), days)
+        return np.asarray(counts[self.u, self.d] > 0)
 
 
 def _fatigue(grid: _Grid) -> dict[str, np.ndarray]:

@@ -49,6 +49,7 @@ user_rfm_source = _daily_source("user_rfm")
 user_fatigue_source = _daily_source("user_fatigue")
 user_tag_affinity_source = _daily_source("user_tag_affinity")
 user_hour_habits_source = _daily_source("user_hour_habits")
+user_labels_source = _daily_source("user_labels")
 TABLE_SOURCES = (
     user_profile_source,
     user_engagement_source,
@@ -56,6 +57,7 @@ TABLE_SOURCES = (
     user_fatigue_source,
     user_tag_affinity_source,
     user_hour_habits_source,
+    user_labels_source,
 )
 
 # Incoming events (sends, clicks) update fatigue online between batch builds.
@@ -248,6 +250,24 @@ user_hour_habits_fv = FeatureView(
     tags={"group": "engagement", "cadence": "daily"},
 )
 
+user_labels_fv = FeatureView(
+    name="user_labels",
+    entities=[user],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(
+            name="labels",
+            dtype=Array(String),
+            description="The operators' custom labels the user had that day (`pushplan labels define`): "
+            "each a rule over the other features, recomputed with every build (docs/audiences.md).",
+        ),
+    ],
+    source=user_labels_source,
+    online=True,
+    owner=OWNER,
+    tags={"group": "labels", "cadence": "daily"},
+)
+
 # ---- request source ---------------------------------------------------------------------------
 
 campaign_request = RequestSource(
@@ -364,6 +384,7 @@ REPO_OBJECTS = [
     user_fatigue_source,
     user_tag_affinity_source,
     user_hour_habits_source,
+    user_labels_source,
     user_fatigue_push_source,
     user_profile_fv,
     user_engagement_fv,
@@ -371,6 +392,7 @@ REPO_OBJECTS = [
     user_fatigue_fv,
     user_tag_affinity_fv,
     user_hour_habits_fv,
+    user_labels_fv,
     campaign_request,
     request_context,
     *FEATURE_SERVICES,

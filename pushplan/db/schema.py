@@ -149,3 +149,15 @@ class ApiKeyRow(Base):
     role: Mapped[str] = mapped_column(sa.String(20))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(sa.Boolean)
+
+
+class LabelRow(Base):
+    """One version of an operator's custom label (migration 0007): the newest version is in force."""
+
+    __tablename__ = "labels"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    rule: Mapped[str | None] = mapped_column(sa.Text)  # None: removed
+    author: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

@@ -45,7 +45,7 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
         "simulate",
         "import",
         "features",
-        "built 6 feature tables",
+        "built 7 feature tables",
         "materialized",
         "train",
         "oracle share",

@@ -3,16 +3,21 @@ and audiences selected from them, the users file's own attributes and the event 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from features.audiences import compile_for, preview, select
+from features.audiences import compile_for, define_label, preview, remove_label, schema, select
 from features.event_store import EventStore
+from features.store import apply, feature_store, materialize, read_stored
 from features.tables import RFM_CELLS, RFM_GRID, build_feature_tables
-from pushplan.audience_rules import RuleError
+from pushplan.audience_rules import RuleError, describe
+from pushplan.db.engine import migrate
+from pushplan.db.labels import label_versions, labels_in_force
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
 
 SNAPSHOT = pd.Timestamp("2026-06-01", tz="UTC")  # the snapshot the checks read
@@ -225,3 +230,60 @@ def test_custom_attributes_are_typed_from_the_users_file(shop: Settings) -> None
         compile_for(shop, "tier = 3")
     with pytest.raises(RuleError, match="unknown field 'teir' \\(did you mean 'tier'\\?\\)"):
         compile_for(shop, 'teir = "gold"')
+
+
+def test_custom_labels_are_versioned_checked_and_refused_whole(shop: Settings) -> None:
+    migrate(shop)
+    first = define_label(shop, "gold_buyer", 'tier = "gold" and frequency_90d > 0', "ana")
+    second = define_label(shop, "gold_buyer", 'tier = "gold"', "bo")
+    assert (first.version, first.author, second.version, second.author) == (1, "ana", 2, "bo")
+    for name, rule, message in [
+        ("Gold", "vip = 1", "label name 'Gold': lower-case letters"),
+        ("country", 'tier = "gold"', "label name 'country' is already a field"),
+        ("and", 'tier = "gold"', "a word of the rule language"),
+        ("big", "monetary_90d >", "the rule ends too early"),
+        ("big", "gold_buyer", "unknown field 'gold_buyer'"),  # labels do not build on labels
+        ("big", 'teir = "gold"', "unknown field 'teir' (did you mean 'tier'?)"),
+    ]:
+        with pytest.raises(RuleError, match=re.escape(message)):
+            define_label(shop, name, rule, "ana")
+    store = PlanStore(shop)
+    assert [(v.name, v.version) for v in label_versions(store)] == [("gold_buyer", 1), ("gold_buyer", 2)]
+    remove_label(shop, "gold_buyer", "ana")
+    assert labels_in_force(store) == [] and len(label_versions(store)) == 3
+    with pytest.raises(KeyError):
+        remove_label(shop, "gold_buyer", "ana")
+
+
+def test_custom_labels_are_computed_point_in_time_and_served_by_feast(shop: Settings) -> None:
+    migrate(shop)
+    define_label(shop, "buyer", "frequency_90d > 0", "ana")
+    define_label(shop, "gold_opener", 'tier = "gold" and did app_open in last 3 days', "ana")
+    build_feature_tables(shop)
+    table = pd.read_parquet(shop.feast_dir / "tables" / "user_labels.parquet")
+    held = {
+        (row.user_id, row.event_timestamp.date().isoformat()): set(row.labels) for row in table.itertuples()
+    }
+    # u1 bought on 05-20: a buyer from the snapshot stamped 05-21, not before.
+    assert "buyer" not in held[("u1", "2026-05-20")] and "buyer" in held[("u1", "2026-05-21")]
+    # u3 (gold) opened the app on 03-01 and 05-30: the label holds on the three snapshots after each.
+    gold = sorted(day for (user, day), names in held.items() if user == "u3" and "gold_opener" in names)
+    assert gold == ["2026-03-02", "2026-03-03", "2026-03-04", "2026-05-31", "2026-06-01", "2026-06-02"]
+    assert not any("gold_opener" in names for (user, _), names in held.items() if user == "u5")  # silver
+
+    # A rule may use a label; it selects what the label's own rule selects on that snapshot.
+    assert ids(shop, "buyer") == ids(shop, "frequency_90d > 0") == ["u1", "u2"]
+    assert ids(shop, "gold_opener or not buyer") == ["u3", "u4", "u5"]
+    fields = {f["field"]: f for f in describe(schema(shop))}
+    assert fields["buyer"]["kind"] == "yes/no" and "v1 by ana" in str(fields["buyer"]["about"])
+
+    # Feast serves the labels like any feature: online after materializing, and point in time.
+    store = feature_store(shop)
+    apply(store, shop)
+    materialize(store, shop)
+    online = store.get_online_features(["user_labels:labels"], [{"user_id": "u1"}, {"user_id": "u3"}])
+    assert [sorted(v or []) for v in online.to_dict()["labels"]] == [["buyer"], []]
+    before = read_stored(
+        store, ["u1"], ["user_labels:labels"], source="offline", at=datetime(2026, 5, 20, 12, tzinfo=UTC)
+    )
+    assert list(before["labels"][0]) == []
