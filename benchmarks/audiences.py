@@ -1,14 +1,16 @@
 """Benchmark of audiences (issue 17): a preview and a plan job's selection over a million users.
 
-    python -m benchmarks.audiences [--users 1000000 --base-users 50000 --days 30]
+    python -m benchmarks.audiences [--users 1000000 --base-users 25000 --days 14]
 
 A population of --base-users is simulated over --days, imported and built; then the users file, the
-feature tables and the event store are repeated under new user ids (`<id>-r<k>`) up to --users, the
-way benchmarks.serving grows its offline audience (simulating a million users directly takes far
-longer than what is measured). Each step then runs in a process of its own, whose time and peak
-RSS are reported: `features.audiences.preview` of a rule that reads two labels, a custom
-attribute and the event log, and `features.audiences.select` of the same rule (what a plan job
-does once when it is created). Targets: a preview <= 5 s, a selection <= 15 s, <= 2 GiB.
+feature tables a rule reads (profile, RFM, fatigue, custom labels) and the event store are repeated
+under new user ids (`<id>-r<k>`) up to --users, the way benchmarks.serving grows its offline
+audience: building a million users' tables directly needs far more memory than this machine has
+(the dense hour grids; 50,000 users over 30 days alone peaked near 24 GB). Each step then runs in a
+process of its own, whose time and peak RSS are reported: `features.audiences.preview` of a rule
+that reads two labels, a custom attribute and the event log, and `features.audiences.select` of
+the same rule (what a plan job does once when it is created). Targets: a preview <= 5 s, a
+selection <= 15 s, <= 2 GiB.
 """
 
 from __future__ import annotations
@@ -31,13 +33,43 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks.serving import build_population, load, peak_rss
+from benchmarks.serving import load, peak_rss
 from pushplan.settings import Settings
 
 RULE = (
     'lifecycle_stage in ("active", "sleeping") and rfm_cell != "lost" '
     'and tier in ("gold", "silver") and not did purchase in last 7 days'
 )
+
+
+TABLES_READ = ("user_profile", "user_rfm", "user_fatigue", "user_labels")
+
+
+def build(settings: Settings, sim: Path, users: int, days: int) -> datetime:
+    """Simulate, import and build the tables; the last snapshot's instant."""
+    from features.event_store import EventStore
+    from features.simulator import simulate
+    from features.store import snapshot_span
+    from features.tables import build_feature_tables
+
+    simulate(sim, users=users, days=days, seed=9)
+    events = EventStore(settings)
+    for name in ("users.parquet", "events.parquet", "campaigns.json"):
+        events.import_file(sim / name)
+    build_feature_tables(settings)
+    return snapshot_span(settings)[1]
+
+
+def tile_tables(settings: Settings, copies: int) -> None:
+    """Repeat the tables a rule reads `copies` times under new ids, kept day by day as the build
+    writes them (so a read of one day's snapshot skips the others' row groups)."""
+    from features.tables import table_path
+
+    for name in TABLES_READ:
+        path = table_path(settings, name)
+        table = pq.read_table(path)
+        tiled = pa.concat_tables([_renamed(table, k) for k in range(copies)]).sort_by("event_timestamp")
+        pq.write_table(tiled, path)
 
 
 def tile_users_and_events(settings: Settings, copies: int) -> None:
@@ -101,10 +133,9 @@ def run(args: argparse.Namespace) -> None:
         root = Path(tmp)
         settings = Settings(data_dir=root / "data")
         started = time.perf_counter()
-        _, last, _ = build_population(
-            settings, root / "sim", args.base_users, args.days, seed=9, online=False, tile_to=args.users
-        )
+        last = build(settings, root / "sim", args.base_users, args.days)
         copies = -(-args.users // args.base_users)
+        tile_tables(settings, copies)
         tile_users_and_events(settings, copies)
         users = pq.read_metadata(settings.users_path).num_rows
         events = sum(pq.read_metadata(p).num_rows for p in settings.events_dir.glob("event_date=*/*.parquet"))
@@ -131,8 +162,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--base-users", type=int, default=50_000)
-    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--base-users", type=int, default=25_000)
+    parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--step", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:

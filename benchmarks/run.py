@@ -2,20 +2,22 @@
 
     python -m benchmarks.run [--events 1000000] [--users 5000 --days 60]
                              [--feature-users 100000 --feature-days 14] [--redis-url redis://127.0.0.1:6379/15]
+                             [--audience-users 1000000]
                              [--skip-serving | --only-serving] [the sizes of benchmarks/serving.py]
                              [--skip-dispatch | --only-dispatch] [--dispatch-items 100000 ...]
 
 Measures: importing a CSV and a parquet file of N events into an empty store (rows/s, validation
 included), re-importing the same file (the idempotent path), simulating the demo population; and
 for a population of --feature-users: building the feature tables, and materializing the latest
-snapshot of every user into the SQLite and the Redis online stores (users/s). Then the plan
+snapshot of every user into the SQLite and the Redis online stores (users/s); an audience's
+preview and selection over --audience-users (benchmarks/audiences.py). Then the plan
 service's figures (benchmarks/serving.py): one-user `POST /v1/plans` latency over HTTP on the
 production profile against its floor, and offline planning of a million users against the naive
 per-user path. Then dispatch's (benchmarks/dispatch.py): end-to-end sends per second through a
 Celery worker and Redis against Celery running no-op tasks; its options are those of
 `python -m benchmarks.dispatch` with a `--dispatch-` prefix. A quick run: `--events 100000
---feature-users 5000 --requests 500 --plan-users 100000 --naive-users 2000 --dispatch-items 20000
---dispatch-users 10000`.
+--feature-users 5000 --audience-users 100000 --requests 500 --plan-users 100000 --naive-users 2000
+--dispatch-items 20000 --dispatch-users 10000`.
 Each figure is one timed run on a fresh data dir; the machine is busy with nothing else.
 """
 
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import dispatch, serving
+from benchmarks import audiences, dispatch, serving
 from features.event_store import EventStore
 from features.simulator import simulate
 from pushplan.settings import Settings
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--feature-users", type=int, default=100_000)
     parser.add_argument("--feature-days", type=int, default=14)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--audience-users", type=int, default=1_000_000)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--skip-serving", action="store_true", help="leave out benchmarks/serving.py")
     which.add_argument("--only-serving", action="store_true", help="only benchmarks/serving.py")
@@ -146,6 +149,7 @@ def main() -> None:
     )
     if not (args.only_serving or args.only_dispatch):
         store_figures(args)
+        audiences.run(argparse.Namespace(users=args.audience_users, base_users=25_000, days=14))
     if not (args.skip_serving or args.only_dispatch):
         serving.run(args)
     if not (args.skip_dispatch or args.only_serving):

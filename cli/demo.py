@@ -24,6 +24,7 @@ from cli.audiences import print_preview
 from cli.campaigns import print_dispatch_counts
 from cli.events import events_import, events_stats, simulate
 from cli.features import features_apply, features_build, features_materialize
+from cli.labels import labels_define
 from cli.models import ModelName, evaluate, train
 from cli.output import out
 from cli.plans import print_plan_summary
@@ -55,6 +56,8 @@ def demo(
     )
     events_stats(as_json=False)
     out.rule("3. features")
+    # An operator's own label, computed with the tables and counted in the report's "By label".
+    labels_define("recent_buyer", "did purchase in last 7 days", author="demo")
     features_build()
     features_apply()
     features_materialize()

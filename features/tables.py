@@ -201,9 +201,15 @@ class _Grid:
         np.maximum.at(latest, (chosen["u"].to_numpy(), chosen["d"].to_numpy()), chosen["ns"].to_numpy())
         return np.maximum.accumulate(latest, axis=1)
 
+    def row_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (user, day) of each table row, day by day: parquet's row-group statistics then let a
+        read of one day's snapshot (an audience's, features.audiences) skip every other day."""
+        d, u = np.nonzero(self.present.T)
+        return u, d
+
     def rows(self, columns: dict[str, np.ndarray | list]) -> pd.DataFrame:
-        """Flatten (users × days[ × k]) arrays into one row per present (user, day)."""
-        u, d = np.nonzero(self.present)
+        """Flatten (users × days[ × k]) arrays into one row per present (user, day), in row_positions."""
+        u, d = self.row_positions()
         frame = pd.DataFrame(
             {
                 "user_id": self.user_ids[u],
@@ -487,8 +493,7 @@ class _GridColumns:
     def __init__(self, grid: _Grid, built: dict[str, pd.DataFrame]) -> None:
         self.grid = grid
         self.frames = built
-        u, d = np.nonzero(grid.present)  # the rows' order, as `_Grid.rows` lays them out
-        self.u, self.d = u, d
+        self.u, self.d = grid.row_positions()
         self.kinds = attributes_of(grid.users)
 
     @property

@@ -18,6 +18,7 @@ Outcomes per user, counted from the window's start to its end plus a horizon:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +69,10 @@ FEATURE_REFS = (
 USER_ATTRIBUTES = ("platform", "country", "timezone")
 # The built-in labels operators choose audiences by, counted per value in `label_stats`.
 LABELS = ("lifecycle_stage", "rfm_cell")
+# The operators' custom labels (each user's names) and the segment column each becomes in reports.
+CUSTOM_LABELS_REF = "user_labels:labels"
+CUSTOM_PREFIX = "label:"
+YES_NO = {True: "yes", False: "no"}
 
 
 class NothingToReport(ValueError):
@@ -139,17 +144,26 @@ def load_campaign_log(
     users["revenue"] = users["user_id"].map(spent["sum"]).fillna(0.0).astype(float)
 
     members = items.loc[items["reason"] != Reason.not_in_audience.value, "user_id"].astype(str)
+    refs = (*(f"user_rfm:{label}" for label in LABELS), CUSTOM_LABELS_REF)
     labels = pd.concat(
         [
             pd.DataFrame({"user_id": members.to_numpy()}),
-            _features_at(settings, members.tolist(), campaign.window.start).reindex(columns=list(LABELS)),
+            _features_at(settings, members.tolist(), campaign.window.start, refs).reindex(
+                columns=[*LABELS, "labels"]
+            ),
         ],
         axis=1,
     )
     attributes = _user_attributes(events, users["user_id"])
     features = _features_at(settings, users["user_id"].tolist(), campaign.window.start)
-    users = pd.concat([users, attributes, features], axis=1)
-    segments = [c for c in ("rfm_cell", "lifecycle_stage", *USER_ATTRIBUTES) if c in users]
+    # Each custom label the audience held is a yes/no segment, compared like the others.
+    held = labels.set_index("user_id")["labels"]
+    custom = {
+        f"{CUSTOM_PREFIX}{name}": users["user_id"].map(lambda u, n=name: _holds(held.get(u), n)).map(YES_NO)
+        for name in _custom_names(labels["labels"])
+    }
+    users = pd.concat([users, attributes, features, pd.DataFrame(custom, index=users.index)], axis=1)
+    segments = [c for c in ("rfm_cell", "lifecycle_stage", *USER_ATTRIBUTES, *custom) if c in users]
     covariates = [c for c in users.columns if c in features or c in attributes]
     return CampaignLog(
         campaign=campaign,
@@ -281,15 +295,26 @@ def _user_attributes(events: EventStore, user_ids: pd.Series) -> pd.DataFrame:
     return by_id.reindex(user_ids.to_numpy())[wanted].reset_index(drop=True)
 
 
-def _features_at(settings: Settings, user_ids: list[str], at: datetime) -> pd.DataFrame:
-    """FEATURE_REFS as of `at` from Feast's offline store; none when no feature repo is applied."""
+def _custom_names(lists: pd.Series) -> list[str]:
+    """The custom labels anyone in `lists` (each a user's label names, or missing) holds, sorted."""
+    return sorted({str(name) for names in lists.dropna() for name in names})
+
+
+def _holds(names: Any, name: str) -> bool:
+    return names is not None and not (isinstance(names, float) and np.isnan(names)) and name in list(names)
+
+
+def _features_at(
+    settings: Settings, user_ids: list[str], at: datetime, wanted: Sequence[str] = FEATURE_REFS
+) -> pd.DataFrame:
+    """`wanted` features as of `at` from Feast's offline store; none when no feature repo is applied."""
     if not (settings.feast_dir / "registry.db").exists() or not user_ids:
         return pd.DataFrame(index=range(len(user_ids)))
     from features.store import feature_store, read_stored
 
     store = feature_store(settings)
     known = {f"{view.name}:{field.name}" for view in store.list_feature_views() for field in view.features}
-    refs = [ref for ref in FEATURE_REFS if ref in known]
+    refs = [ref for ref in wanted if ref in known]
     if not refs:
         return pd.DataFrame(index=range(len(user_ids)))
     return read_stored(store, user_ids, refs, source="offline", at=at).reset_index(drop=True)
@@ -305,25 +330,36 @@ def label_stats(log: CampaignLog, segments: dict[str, Any], outcome: str) -> dic
     converted = set(kinds.loc[kinds["event_type"] == EventType.converted.value, "user_id"])
     planned = set(items.loc[items["decision"] == Decision.send.value, "user_id"])
     sent = set(items.loc[items["state"] == "sent", "user_id"])
+
+    def row(value: str, who: set[str], segment: str, segment_value: str) -> dict[str, Any]:
+        compared = segments.get(segment, {}).get(segment_value, {}).get("outcomes", {}).get(outcome, {})
+        arm = compared.get("arms", {}).get(CAMPAIGN_ARM, {}) if compared else {}
+        return {
+            "value": value,
+            "audience": len(who),
+            "planned": len(who & planned),
+            "sent": len(who & sent),
+            "clicked": len(who & clicked),
+            "converted": len(who & converted),
+            "lift_abs": None if arm.get("skipped") else arm.get("lift_abs"),
+            "lift_abs_ci": None if arm.get("skipped") else arm.get("lift_abs_ci"),
+        }
+
     out: dict[str, list[dict[str, Any]]] = {}
     for label in LABELS:
-        rows = []
         values = log.labels[label].fillna("(none)").astype(str)
-        for value, who in log.labels["user_id"].groupby(values):
-            members = set(who)
-            compared = segments.get(label, {}).get(value, {}).get("outcomes", {}).get(outcome, {})
-            arm = compared.get("arms", {}).get(CAMPAIGN_ARM, {}) if compared else {}
-            rows.append(
-                {
-                    "value": value,
-                    "audience": len(members),
-                    "planned": len(members & planned),
-                    "sent": len(members & sent),
-                    "clicked": len(members & clicked),
-                    "converted": len(members & converted),
-                    "lift_abs": None if arm.get("skipped") else arm.get("lift_abs"),
-                    "lift_abs_ci": None if arm.get("skipped") else arm.get("lift_abs_ci"),
-                }
+        rows = [row(v, set(who), label, v) for v, who in log.labels["user_id"].groupby(values)]
+        out[label] = sorted(rows, key=lambda r: -r["audience"])
+    names = _custom_names(log.labels["labels"])
+    if names:
+        held = log.labels["labels"]
+        out["custom labels"] = [
+            row(
+                name,
+                set(log.labels["user_id"][held.map(lambda n, k=name: _holds(n, k))]),
+                CUSTOM_PREFIX + name,
+                "yes",
             )
-        out[label] = sorted(rows, key=lambda row: -row["audience"])
+            for name in names
+        ]
     return out

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from dispatch.control import TransitionRefused, control, dispatch_state, item_states
 from pushplan.domain import DispatchState, Instant, NoSuchCampaign
-from serving.deps import CampaignRole, PlanStoreDep, Problem, ReaderRole
+from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole
 from serving.plan_jobs import create_job, get_job
 
 router = APIRouter(tags=["dispatch"])
@@ -134,7 +134,7 @@ def _job(row: object) -> PlanJob:
     "/v1/campaigns/{campaign_id}/plan-jobs",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PlanJob,
-    responses=NOT_FOUND | CONFLICT,
+    responses=BODY_RESPONSES | NOT_FOUND | CONFLICT,
 )
 def create_plan_job(
     campaign_id: CampaignId, body: PlanJobRequest, request: Request, store: PlanStoreDep, _: CampaignRole

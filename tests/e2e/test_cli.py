@@ -102,6 +102,10 @@ def test_the_demo_meets_the_quality_bar_then_a_bad_file_changes_nothing(
     stages = {row["value"]: row for row in report["labels"]["lifecycle_stage"]}
     assert set(stages) == {"active", "sleeping"} and sum(r["audience"] for r in stages.values()) == audience
     assert sum(r["sent"] for r in stages.values()) == counts["send"]
+    # The demo's custom label (a purchase in the 7 days before the window) is counted like the others.
+    (recent,) = report["labels"]["custom labels"]
+    assert recent["value"] == "recent_buyer" and 0 < recent["audience"] < audience
+    assert "label:recent_buyer" in report["segments"]
     assert {"variant_id", "local_send_hour", "channel", "rfm_cell"} <= set(report["segments"])
     uplift = report["uplift"]["campaign"]
     assert uplift["outcome"] == "purchased" and uplift["rows"]["control"] == report["arms"]["holdout"]
