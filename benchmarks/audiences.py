@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -33,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks.serving import load, peak_rss
+from benchmarks.serving import load, peak_rss, run_step
 from pushplan.settings import Settings
 
 RULE = (
@@ -116,16 +113,7 @@ def step(spec: dict[str, Any]) -> None:
 
 def measure(what: str, settings: Settings, now: datetime) -> dict[str, Any]:
     spec = {"what": what, "data_dir": str(settings.data_dir), "now": now.isoformat()}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.audiences", "--step", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the {what} step failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_step("benchmarks.audiences", "--step", spec, what)
 
 
 def run(args: argparse.Namespace) -> None:

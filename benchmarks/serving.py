@@ -411,6 +411,21 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def run_step(module: str, flag: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
+    """Run `python -m module flag SPEC` in a process of its own (so its peak RSS is its own) and
+    return the JSON its last line prints."""
+    step = subprocess.run(
+        [sys.executable, "-m", module, flag, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if step.returncode != 0:
+        raise RuntimeError(f"the {what} step failed:\n{step.stderr[-3000:]}")
+    return dict(json.loads(step.stdout.strip().splitlines()[-1]))
+
+
 def plan_step(spec: dict[str, Any]) -> None:
     """The planning step alone, in its own process: prints its timings and peak RSS as JSON."""
     warnings.simplefilter("ignore")
@@ -481,16 +496,7 @@ def offline_figures(root: Path, args: argparse.Namespace, production_settings: S
         "models": production_settings.model_dump(mode="json"),
     }
     print(f"load average before the planning step: {load()}", flush=True)
-    step = subprocess.run(
-        [sys.executable, "-m", "benchmarks.serving", "--plan-step", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    if step.returncode != 0:
-        raise RuntimeError(f"the planning step failed:\n{step.stderr[-3000:]}")
-    figures = json.loads(step.stdout.strip().splitlines()[-1])
+    figures = run_step("benchmarks.serving", "--plan-step", spec, "planning")
     rate = figures["users"] / figures["total_s"]
     print(
         f"offline plan, {figures['users']:,} users, 4 variants, 24 h window (offline read as of now):",

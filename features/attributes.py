@@ -8,20 +8,12 @@ from functools import lru_cache
 import pandas as pd
 import pyarrow.parquet as pq
 
+from features.schema import USER_OPTIONAL, USER_REQUIRED
 from pushplan.audience_rules import Kind
 from pushplan.settings import Settings
 
-# The users file's contract columns (features/schema.py); any other column is a custom attribute.
-_USER_CONTRACT = (
-    "user_id",
-    "timezone",
-    "country",
-    "platform",
-    "signup_at",
-    "push_opt_in",
-    "sms_opt_in",
-    "email_opt_in",
-)
+# The users file's contract columns; any other column is a custom attribute.
+_USER_CONTRACT = (*USER_REQUIRED, *USER_OPTIONAL)
 
 
 def attributes(settings: Settings) -> dict[str, Kind]:
