@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -326,6 +326,9 @@ class Campaign(BaseModel):
     audience: str | None = Field(
         default=None, max_length=MAX_RULE_CHARS, examples=['lifecycle_stage in ("active", "sleeping")']
     )
+    # "now": every user at the first open slot of the window (after quiet hours, if it holds one),
+    # not at their best hour; none: at each user's best hour in the window.
+    send: Literal["now"] | None = None
 
     @field_validator("fallback_after", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from functools import lru_cache, wraps
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     )
     quiet_start_hour: int = Field(default=22, ge=0, le=23, description="Quiet hours start (user's local).")
     quiet_end_hour: int = Field(default=8, ge=0, le=23, description="Quiet hours end (exclusive).")
+    slot_minutes: Literal[5, 10, 15, 20, 30, 60] = Field(
+        default=15,
+        description="The granularity of send slots in a user's local time (a divisor of 60); the "
+        "send-hour model scores hours and each slot takes its hour's score.",
+    )
 
     webhook_url: str | None = Field(default=None, description="Where the `webhook` channel POSTs.")
     webhook_secret: str | None = Field(

@@ -65,13 +65,15 @@ def plan_within_caps(
     cap = FrequencyCap.of(settings, campaign)
     kept = store.sends_kept(campaign.campaign_id, user_ids) if cap.campaign_total is not None else 0
     quiet = QuietHours.of(settings)
+    minutes = settings.slot_minutes
     return arbitrate_caps(
         campaign,
-        plan(campaign, audience, now, seed=seed, quiet=quiet),
+        plan(campaign, audience, now, seed=seed, quiet=quiet, slot_minutes=minutes),
         audience,
         now,
         cap,
         store.held_sends(campaign, user_ids),
         quiet=quiet,
         dispatched=kept,
+        slot_minutes=minutes,
     )

@@ -4,9 +4,10 @@ For each user of an audience, in this order (docs/planner.md):
 0. audience: a listed user the campaign's audience rule does not select is `not_in_audience`;
 1. eligibility: the first of the campaign's channels the user is opted in to, else `opted_out`;
 2. holdout: a hash of (campaign, user) puts `holdout_fraction` of eligible users in control;
-3. timing: the local send slots inside the window, after `now` and outside quiet hours in the
-   user's own zone (`no_window` / `quiet_hours` when there are none); the hour is the best of the
-   user's smoothed hour scores among the allowed hours, at its earliest slot;
+3. timing: the local send slots inside the window (every `slot_minutes`, and the window's start),
+   after `now` and outside quiet hours in the user's own zone (`no_window` / `quiet_hours` when
+   there are none); the hour is the best of the user's smoothed hour scores among the allowed
+   hours, at its earliest slot (a `send: now` campaign: the first open slot);
 4. variant: the highest variant score;
 5. exploration: with probability `exploration` a uniformly random allowed hour and variant; every
    item logs the propensity of the (hour, variant) it carries under this mixed policy;
@@ -36,7 +37,7 @@ import pandas as pd
 from pushplan.caps import FrequencyCap, item_value
 from pushplan.clock import smooth_hours
 from pushplan.domain import Campaign, Channel, Decision, ItemState, Reason
-from pushplan.windows import QuietHours, window_slots
+from pushplan.windows import SLOT_MINUTES, QuietHours, window_slots
 
 PLAN_NAMESPACE = uuid.UUID("8f0c5d36-8a3e-4b8e-9d59-2f2d1f6c1a70")
 OPT_IN_OF_CHANNEL = {
@@ -83,9 +84,13 @@ def holdout_draw(campaign_id: str, user_ids: pd.Series | np.ndarray) -> np.ndarr
     return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
 
 
-def local_slots(campaign: Campaign, zone: str, now: datetime, quiet: QuietHours) -> pd.DataFrame:
-    """Every whole local hour in the window, after `now`, with its UTC instant and whether it is quiet."""
-    slots = window_slots(pd.Timestamp(campaign.window.start), pd.Timestamp(campaign.window.end), zone)
+def local_slots(
+    campaign: Campaign, zone: str, now: datetime, quiet: QuietHours, minutes: int = SLOT_MINUTES
+) -> pd.DataFrame:
+    """Every send slot in the window, after `now`, with its UTC instant, local hour and whether quiet."""
+    slots = window_slots(
+        pd.Timestamp(campaign.window.start), pd.Timestamp(campaign.window.end), zone, minutes
+    )
     later = slots.send_at >= pd.Timestamp(now).value
     send_at = pd.DatetimeIndex(slots.send_at[later]).tz_localize("UTC")
     frame = pd.DataFrame({"send_at": send_at, "local": send_at.tz_convert(zone), "hour": slots.hour[later]})
@@ -101,8 +106,13 @@ def plan(
     seed: int = 0,
     quiet: QuietHours | None = None,
     min_p_click: float = 0.0,
+    slot_minutes: int = SLOT_MINUTES,
 ) -> pd.DataFrame:
     """One plan item per user of the audience, as a frame with the PlanItem columns.
+
+    A `send: now` campaign takes each user's first open slot instead of their best hour (a user in
+    quiet hours gets the first slot after them, if the window holds one); only its variant is
+    chosen by the model or explored.
 
     Vectorised over users: the columns are numpy arrays filled per time zone and assembled into a
     frame once, so one user costs little more than a call and a million users a few seconds.
@@ -153,7 +163,7 @@ def plan(
         rows = np.flatnonzero((zone_codes == code) & eligible)
         if rows.size == 0:
             continue
-        slots = window_slots(window_start, window_end, str(zone))
+        slots = window_slots(window_start, window_end, str(zone), slot_minutes)
         later = slots.send_at >= not_before
         if not later.any():
             reason[rows] = Reason.no_window.value
@@ -167,12 +177,18 @@ def plan(
         slot_of_hour = np.full(24, -1)
         slot_of_hour[hours_allowed] = np.flatnonzero(open_)[first]
         allowed = slot_of_hour >= 0
-        greedy_hour = np.where(allowed[None, :], hour_value[rows], -np.inf).argmax(axis=1)
         explored = explore_draw[rows] < campaign.exploration
-        random_hour = hours_allowed[(random_hour_draw[rows] * hours_allowed.size).astype(int)]
+        if campaign.send == "now":  # the first open slot, for everyone: only the variant is chosen
+            first_open = int(slots.hour[np.flatnonzero(open_)[0]])
+            greedy_hour = np.full(rows.size, first_open)
+            random_hour, hour_choices = greedy_hour, 1
+        else:
+            greedy_hour = np.where(allowed[None, :], hour_value[rows], -np.inf).argmax(axis=1)
+            random_hour = hours_allowed[(random_hour_draw[rows] * hours_allowed.size).astype(int)]
+            hour_choices = hours_allowed.size
         hour = np.where(explored, random_hour, greedy_hour)
         variant = np.where(explored, random_variant[rows], greedy_variant[rows])
-        uniform = campaign.exploration / (hours_allowed.size * n_variants)
+        uniform = campaign.exploration / (hour_choices * n_variants)
         is_greedy = (hour == greedy_hour) & (variant == greedy_variant[rows])
         slot = slot_of_hour[hour]
         send_at[rows] = slots.send_at[slot]
@@ -240,6 +256,7 @@ def arbitrate_caps(
     *,
     quiet: QuietHours | None = None,
     dispatched: int = 0,
+    slot_minutes: int = SLOT_MINUTES,
 ) -> Arbitration:
     """Keep a plan's sends within `cap`, given what other campaigns hold (`held`, pushplan.caps.HELD_COLUMNS).
 
@@ -285,7 +302,7 @@ def arbitrate_caps(
                     break
             else:
                 if zone not in open_slots:
-                    slots = local_slots(campaign, zone, now, quiet)
+                    slots = local_slots(campaign, zone, now, quiet, slot_minutes)
                     open_slots[zone] = slots[~slots["quiet"]]
                 moved = _best_admissible_slot(open_slots[zone], hour_value[row], pairs, cap, channel, zone)
                 if moved is None:

@@ -34,7 +34,13 @@ DST_DAYS = [
 ]
 
 
-def campaign(start: datetime, hours: int, holdout: float = 0.1, exploration: float = 0.1) -> Campaign:
+def campaign(
+    start: datetime,
+    hours: float,
+    holdout: float = 0.1,
+    exploration: float = 0.1,
+    send: str | None = None,
+) -> Campaign:
     return Campaign.model_validate(
         {
             "campaign_id": "spring-sale",
@@ -48,6 +54,7 @@ def campaign(start: datetime, hours: int, holdout: float = 0.1, exploration: flo
             "window": {"start": start.isoformat(), "end": (start + timedelta(hours=hours)).isoformat()},
             "holdout_fraction": holdout,
             "exploration": exploration,
+            "send": send,
         }
     )
 
@@ -69,15 +76,17 @@ def audience(n: int, seed: int, zones: list[str] | None = None) -> Audience:
 @st.composite
 def plans(draw: st.DrawFn) -> tuple[Campaign, Audience, datetime, QuietHours, int]:
     day = draw(st.sampled_from(DST_DAYS))
-    start = day.replace(tzinfo=UTC) + timedelta(hours=draw(st.integers(-30, 30)))
+    # Any window: starting at any minute, from one minute to three days long.
+    start = day.replace(tzinfo=UTC) + timedelta(minutes=draw(st.integers(-30 * 60, 30 * 60)))
     window = campaign(
         start,
-        hours=draw(st.integers(1, 72)),
+        hours=draw(st.integers(1, 72 * 60)) / 60,
         holdout=draw(st.floats(0.0, 0.5)),
         exploration=draw(st.floats(0.0, 1.0)),
+        send=draw(st.sampled_from([None, "now"])),
     )
     quiet = QuietHours(draw(st.integers(0, 23)), draw(st.integers(0, 23)))
-    now = start + timedelta(hours=draw(st.integers(-5, 20)))
+    now = start + timedelta(minutes=draw(st.integers(-5 * 60, 20 * 60)))
     return (
         window,
         audience(draw(st.integers(1, 40)), draw(st.integers(0, 10_000))),
@@ -207,3 +216,40 @@ def test_low_value_items_are_skipped() -> None:
     low = items[items["reason"] == "low_value"]
     assert len(low) > 0 and (low["p_click"] < 0.05).all()
     assert (items.loc[items["decision"] == "send", "p_click"] >= 0.05).all()
+
+
+def test_a_window_shorter_than_a_slot_sends_at_its_start() -> None:
+    now = datetime(2026, 10, 6, 12, 2, 13, tzinfo=UTC)
+    people = audience(200, 1, zones=["UTC", "Europe/Berlin"])
+    items = plan(campaign(now, hours=3 / 60, holdout=0.0, exploration=0.0), people, now)
+    opted_in = items["reason"] != "opted_out"
+    assert (items.loc[opted_in, "decision"] == "send").all()
+    assert (items.loc[opted_in, "send_at"] == pd.Timestamp(now)).all()
+
+
+def test_a_window_that_starts_mid_hour_keeps_its_first_minutes() -> None:
+    start = datetime(2026, 10, 6, 6, 15, tzinfo=UTC)  # 08:15 in Berlin
+    people = audience(50, 2, zones=["Europe/Berlin"])
+    people.hour_scores[:] = 0.0
+    people.hour_scores[:, 8] = 1.0  # everyone's best hour is 8
+    items = plan(campaign(start, hours=1.75, holdout=0.0, exploration=0.0), people, start)
+    sent = items[items["decision"] == "send"]
+    assert len(sent) and (sent["local_send_at"] == "2026-10-06T08:15:00+02:00").all()
+
+
+def test_send_now_takes_the_first_open_slot_or_the_end_of_quiet_hours() -> None:
+    now = datetime(2026, 10, 6, 20, 30, tzinfo=UTC)  # 22:30 in Berlin (quiet), 16:30 in New York
+    people = audience(300, 3, zones=["Europe/Berlin", "America/New_York"])
+    zone = people.users.set_index("user_id")["timezone"]
+    quiet = QuietHours(22, 8)
+    short = plan(campaign(now, hours=3, holdout=0.0, send="now"), people, now, quiet=quiet)
+    long = plan(campaign(now, hours=12, holdout=0.0, send="now"), people, now, quiet=quiet)
+    for items in (short, long):
+        ny = items[(items["user_id"].map(zone) == "America/New_York") & (items["reason"] != "opted_out")]
+        assert (ny["decision"] == "send").all() and (ny["send_at"] == pd.Timestamp(now)).all()
+        # Only the variant is chosen: the hour is the same for explored and greedy items.
+        assert (ny["model_send_at"] == ny["send_at"]).all()
+    berlin = short["user_id"].map(zone) == "Europe/Berlin"
+    assert set(short.loc[berlin & (short["reason"] != "opted_out"), "reason"]) == {"quiet_hours"}
+    berlin_long = long[(long["user_id"].map(zone) == "Europe/Berlin") & (long["reason"] != "opted_out")]
+    assert (berlin_long["local_send_at"] == "2026-10-07T08:00:00+02:00").all()  # when quiet hours end
