@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.output import err, out
+from cli.plans import parse_now
 from pushplan.settings import get_settings
 
 app = typer.Typer(
@@ -19,13 +19,6 @@ app = typer.Typer(
 
 RULE = typer.Argument(help='A rule, e.g. \'lifecycle_stage in ("active", "sleeping")\' (docs/audiences.md).')
 NOW = typer.Option(help="Evaluate as of this instant (ISO 8601 with offset; default: now).")
-
-
-def _moment(now: str | None) -> datetime:
-    moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
-    if moment.tzinfo is None:
-        raise typer.BadParameter("give a UTC offset, e.g. 2026-11-01T00:00:00Z", param_hint="--now")
-    return moment
 
 
 def _refused(exc: ValueError) -> typer.Exit:
@@ -49,7 +42,7 @@ def audience_preview(
 
     try:
         channels = [Channel(c) for c in (channel or ["push"])]
-        shown = preview(get_settings(), rule, _moment(now), channels, sample)
+        shown = preview(get_settings(), rule, parse_now(now), channels, sample)
     except ValueError as exc:
         raise _refused(exc) from None
     if as_json:
@@ -95,15 +88,15 @@ def audience_export(
     pushplan does not send on (an SMS platform, a call centre)."""
     import pyarrow.parquet as pq
 
-    from features.audiences import BREAKDOWN, REACHABLE, compile_for, select
-    from pushplan.domain import Channel
+    from features.audiences import BREAKDOWN, compile_for, select
+    from pushplan.domain import OPT_IN_OF_CHANNEL, Channel
 
     settings = get_settings()
     try:
         compiled = compile_for(settings, rule)
-        kept = REACHABLE[Channel(reachable_on)] if reachable_on else None
+        kept = OPT_IN_OF_CHANNEL[Channel(reachable_on)] if reachable_on else None
         attributes = pq.read_schema(settings.users_path).names if settings.users_path.exists() else []
-        chosen = select(settings, compiled, _moment(now), also=[*attributes, *BREAKDOWN]).frame
+        chosen = select(settings, compiled, parse_now(now), also=[*attributes, *BREAKDOWN]).frame
     except (ValueError, KeyError) as exc:
         raise _refused(ValueError(str(exc))) from None
     if kept is not None:

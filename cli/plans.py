@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,8 +38,6 @@ def plan_command(
     ] = False,
 ) -> None:
     """Plan a whole audience offline: features read in bulk, models applied to arrays, items to parquet."""
-    from datetime import UTC, datetime
-
     import pandas as pd
     from pydantic import ValidationError
 
@@ -55,9 +54,7 @@ def plan_command(
     except (OSError, ValidationError) as exc:
         err.print(f"[red]bad campaign[/] {campaign_file}: {exc}", highlight=False)
         raise typer.Exit(code=2) from None
-    moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
-    if moment.tzinfo is None:
-        raise typer.BadParameter("give a UTC offset, e.g. 2026-11-01T00:00:00Z", param_hint="--now")
+    moment = parse_now(now)
     if users_file is None:
         try:
             rule = compile_for(settings, campaign.audience) if campaign.audience is not None else None
@@ -96,6 +93,14 @@ def plan_command(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     items.assign(model_versions=items["model_versions"].map(json.dumps)).to_parquet(out_file, index=False)
     print_plan_summary(items, f"plan: {len(items):,} users → {out_file}")
+
+
+def parse_now(now: str | None) -> datetime:
+    """A command's --now: an ISO 8601 instant with its UTC offset, or this instant."""
+    moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
+    if moment.tzinfo is None:
+        raise typer.BadParameter("give a UTC offset, e.g. 2026-11-01T00:00:00Z", param_hint="--now")
+    return moment
 
 
 def print_plan_summary(items: Any, title: str) -> None:

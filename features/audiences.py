@@ -28,10 +28,20 @@ import pyarrow.parquet as pq
 from features.attributes import as_kind, attributes
 from features.event_store import EventStore
 from features.tables import LIFECYCLE_STAGES, RFM_CELLS, RFM_SEGMENTS, table_path
-from pushplan.audience_rules import FieldSpec, Kind, Rule, RuleError, Schema, check, evaluate, parse
+from pushplan.audience_rules import (
+    FieldSpec,
+    Kind,
+    Rule,
+    RuleError,
+    Schema,
+    check,
+    compile_rule,
+    evaluate,
+    parse,
+)
 from pushplan.db.labels import LabelVersion, add_version, labels_in_force
 from pushplan.db.store import PlanStore
-from pushplan.domain import Channel, EventType
+from pushplan.domain import OPT_IN_OF_CHANNEL, Channel, EventType
 from pushplan.settings import Settings, per_settings
 
 _N = Kind.number
@@ -69,13 +79,6 @@ BUILT_IN: dict[str, tuple[str | None, FieldSpec]] = {
 BREAKDOWN = ("lifecycle_stage", "rfm_cell")
 # Shown for each user of a preview's sample.
 SHOWN = ("country", "platform", *BREAKDOWN)
-# The opt-in that reaches a channel (the sandbox stands in for push; a webhook reaches everyone).
-REACHABLE = {
-    Channel.push: "push_opt_in",
-    Channel.sandbox: "push_opt_in",
-    Channel.sms: "sms_opt_in",
-    Channel.email: "email_opt_in",
-}
 
 
 def schema(settings: Settings, *, custom_labels: bool = True) -> Schema:
@@ -130,9 +133,7 @@ def remove_label(settings: Settings, name: str, author: str) -> LabelVersion:
 
 def compile_for(settings: Settings, text: str) -> Rule:
     """The rule, parsed and checked against this deployment's fields (RuleError otherwise)."""
-    rule = parse(text)
-    check(rule, schema(settings))
-    return rule
+    return compile_rule(text, schema(settings))
 
 
 @dataclass
@@ -142,10 +143,6 @@ class _FrameColumns:
     frame: pd.DataFrame
     events: EventStore
     now: datetime
-
-    @property
-    def size(self) -> int:
-        return len(self.frame)
 
     def column(self, name: str) -> pd.Series:
         return self.frame[name]
@@ -188,13 +185,14 @@ def snapshot(
             frame[name] = as_kind(frame[name], kind)
     as_of = None
     by_table: dict[str, list[str]] = {}
-    custom = {label.name for label in labels_in_force(_plan_store(settings))} & set(wanted)
+    # A checked rule's other names are the custom labels (a field of neither the tables nor the users file).
+    custom = [name for name in wanted if name not in BUILT_IN and name not in user_file]
     for name in wanted:
         table = BUILT_IN.get(name, (None, None))[0]
         if table is not None:
             by_table.setdefault(table, []).append(name)
     if custom:
-        as_of = _custom_flags(settings, frame, sorted(custom), now)
+        as_of = _custom_flags(settings, frame, custom, now)
     for table, columns in by_table.items():
         stamp, values = _latest_day(settings, table, columns, now)
         as_of = stamp if as_of is None or (stamp is not None and stamp < as_of) else as_of
@@ -283,17 +281,16 @@ def preview(
     """Count, count reachable on `channels`, breakdown by label and a sample, for a rule's audience."""
     rule = compile_for(settings, text)
     total = pq.read_metadata(settings.users_path).num_rows if settings.users_path.exists() else 0
-    chosen = select(settings, rule, now, also=[*SHOWN, *REACHABLE.values()])
+    chosen = select(settings, rule, now, also=[*SHOWN, *OPT_IN_OF_CHANNEL.values()])
     frame = chosen.frame
-    reach = {
-        str(c): int(frame[REACHABLE[c]].fillna(False).astype(bool).sum()) for c in channels if c in REACHABLE
+    reached = {  # a channel without an opt-in (a webhook) reaches everyone
+        str(c): frame[OPT_IN_OF_CHANNEL[c]].fillna(False).astype(bool).to_numpy()
+        if c in OPT_IN_OF_CHANNEL
+        else np.ones(len(frame), dtype=bool)
+        for c in channels
     }
-    any_reach = np.zeros(len(frame), dtype=bool)
-    for c in channels:
-        if c in REACHABLE:
-            any_reach |= frame[REACHABLE[c]].fillna(False).astype(bool).to_numpy()
-        else:  # webhook and sandbox reach every user
-            any_reach[:] = True
+    reach = {c: int(mask.sum()) for c, mask in reached.items() if Channel(c) in OPT_IN_OF_CHANNEL}
+    any_reach = np.logical_or.reduce([*reached.values(), np.zeros(len(frame), dtype=bool)])
     by_label = {
         label: {str(k): int(v) for k, v in frame[label].fillna("(none)").value_counts().items()}
         for label in BREAKDOWN

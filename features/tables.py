@@ -466,11 +466,9 @@ def _custom_labels(grid: _Grid, built: dict[str, pd.DataFrame], definitions: lis
     event log up to the snapshot (`did X in last N days` counts whole UTC days: the snapshot's day
     and the N - 1 before it)."""
     first = next(iter(built.values()))
-    rows = len(first)
-    columns = _GridColumns(grid, built) if definitions else None
-    held = np.zeros((rows, len(definitions)), dtype=bool)
+    held = np.zeros((len(first), len(definitions)), dtype=bool)
+    columns = _GridColumns(grid, built)
     for k, label in enumerate(definitions):
-        assert columns is not None
         try:
             held[:, k] = evaluate(parse(label.rule or ""), columns)
         except (KeyError, RuleError) as exc:
@@ -494,24 +492,20 @@ class _GridColumns:
         self.grid = grid
         self.frames = built
         self.u, self.d = grid.row_positions()
-        self.kinds = attributes_of(grid.users)
-
-    @property
-    def size(self) -> int:
-        return int(self.u.size)
 
     def column(self, name: str) -> pd.Series:
         for frame in self.frames.values():
             if name in frame:
                 return frame[name]
-        if name in self.kinds:
-            return as_kind(self.grid.users[name], self.kinds[name]).iloc[self.u].reset_index(drop=True)
+        kinds = attributes_of(self.grid.users)
+        if name in kinds:
+            return as_kind(self.grid.users[name], kinds[name]).iloc[self.u].reset_index(drop=True)
         raise KeyError(f"no column {name!r} in the feature tables or the users file")
 
     def did(self, event: str, days: int) -> np.ndarray:
         kinds = tuple(k for k in EventType if k.value == event)
         if not kinds:
-            return np.zeros(self.size, dtype=bool)
+            return np.zeros(self.u.size, dtype=bool)
         counts = trailing(self.grid.daily(kinds), days)
         return np.asarray(counts[self.u, self.d] > 0)
 

@@ -180,10 +180,7 @@ class Rule:
 
 
 class Columns(Protocol):
-    """What a rule is evaluated against: aligned columns for `size` users."""
-
-    @property
-    def size(self) -> int: ...
+    """What a rule is evaluated against: aligned columns, one row per user."""
 
     def column(self, name: str) -> pd.Series: ...
 
@@ -283,7 +280,10 @@ def parse(text: str) -> Rule:
         if isinstance(inner, RuleError):
             raise inner from None
         raise
-    return Rule(text, tree, tuple(dict.fromkeys(_fields(tree))), tuple(dict.fromkeys(_events(tree))))
+    leaves = _leaves(tree)
+    fields = [leaf.name for leaf in leaves if not isinstance(leaf, Did)]
+    events = [(leaf.event, leaf.days) for leaf in leaves if isinstance(leaf, Did)]
+    return Rule(text, tree, tuple(dict.fromkeys(fields)), tuple(dict.fromkeys(events)))
 
 
 def _syntax_error(text: str, exc: UnexpectedInput) -> RuleError:
@@ -302,24 +302,13 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> RuleError:
     return RuleError("malformed rule", position)
 
 
-def _fields(node: Node) -> list[str]:
-    if isinstance(node, Compare | Member | Between | Flag):
-        return [node.name]
+def _leaves(node: Node) -> list[Compare | Member | Between | Did | Flag]:
+    """The clauses of a rule, left to right (what it reads: fields and events)."""
     if isinstance(node, Not):
-        return _fields(node.part)
+        return _leaves(node.part)
     if isinstance(node, AllOf | AnyOf):
-        return [name for part in node.parts for name in _fields(part)]
-    return []
-
-
-def _events(node: Node) -> list[tuple[str, int]]:
-    if isinstance(node, Did):
-        return [(node.event, node.days)]
-    if isinstance(node, Not):
-        return _events(node.part)
-    if isinstance(node, AllOf | AnyOf):
-        return [e for part in node.parts for e in _events(part)]
-    return []
+        return [leaf for part in node.parts for leaf in _leaves(part)]
+    return [node]
 
 
 def compile_rule(text: str, schema: Schema) -> Rule:

@@ -55,6 +55,16 @@ class Channel(StrEnum):
     sandbox = "sandbox"
 
 
+# The users' column that says a channel may reach them (the planner's eligibility, an audience's
+# reach); a channel missing here (a webhook) reaches everyone.
+OPT_IN_OF_CHANNEL = {
+    Channel.push: "push_opt_in",
+    Channel.sandbox: "push_opt_in",  # the demo's stand-in for push
+    Channel.sms: "sms_opt_in",
+    Channel.email: "email_opt_in",
+}
+
+
 @dataclass(frozen=True)
 class TextLimit:
     """The longest title and body a channel takes, in characters (code points); `combined` bounds

@@ -84,7 +84,9 @@ class CampaignLog:
     campaign: Campaign
     span: tuple[datetime, datetime]
     items: pd.DataFrame  # every plan item of the campaign
-    labels: pd.DataFrame  # per member item (not `not_in_audience`): user_id and the LABELS as of the start
+    # Per member item (not `not_in_audience`): user_id, the LABELS and each custom label held
+    # (`label:<name>`, yes/no) as of the window's start.
+    labels: pd.DataFrame
     users: pd.DataFrame  # one row per randomized user: arm, outcomes, plan columns, segments, covariates
     events: pd.DataFrame  # the campaign's attributed events in the span
     revenue_all: float  # every purchase in the span, by anyone: the denominator of "share of revenue"
@@ -143,26 +145,28 @@ def load_campaign_log(
     users["purchased"] = (users["user_id"].map(spent["size"]).fillna(0) > 0).astype(int)
     users["revenue"] = users["user_id"].map(spent["sum"]).fillna(0.0).astype(float)
 
-    members = items.loc[items["reason"] != Reason.not_in_audience.value, "user_id"].astype(str)
-    refs = (*(f"user_rfm:{label}" for label in LABELS), CUSTOM_LABELS_REF)
-    labels = pd.concat(
-        [
-            pd.DataFrame({"user_id": members.to_numpy()}),
-            _features_at(settings, members.tolist(), campaign.window.start, refs).reindex(
-                columns=[*LABELS, "labels"]
-            ),
-        ],
-        axis=1,
+    # One read for every audience member; the randomized users (a subset) take their rows of it.
+    members = items.loc[items["reason"] != Reason.not_in_audience.value, "user_id"].astype(str).to_numpy()
+    read = _features_at(settings, list(members), campaign.window.start, (*FEATURE_REFS, CUSTOM_LABELS_REF))
+    read.index = pd.Index(members)
+    held = read.pop("labels") if "labels" in read else pd.Series(None, index=read.index, dtype=object)
+    flags = pd.DataFrame(
+        {
+            f"{CUSTOM_PREFIX}{name}": held.map(lambda names, n=name: _holds(names, n))
+            for name in _custom_names(held)
+        },
+        index=read.index,
+        dtype=bool,
+    )
+    labels = (
+        pd.concat([read.reindex(columns=list(LABELS)), flags], axis=1).rename_axis("user_id").reset_index()
     )
     attributes = _user_attributes(events, users["user_id"])
-    features = _features_at(settings, users["user_id"].tolist(), campaign.window.start)
+    features = read.reindex(users["user_id"]).reset_index(drop=True)
     # Each custom label the audience held is a yes/no segment, compared like the others.
-    held = labels.set_index("user_id")["labels"]
-    custom = {
-        f"{CUSTOM_PREFIX}{name}": users["user_id"].map(lambda u, n=name: _holds(held.get(u), n)).map(YES_NO)
-        for name in _custom_names(labels["labels"])
-    }
-    users = pd.concat([users, attributes, features, pd.DataFrame(custom, index=users.index)], axis=1)
+    aligned = flags.reindex(users["user_id"], fill_value=False).reset_index(drop=True)
+    custom = pd.DataFrame({c: column.map(YES_NO) for c, column in aligned.items()}, index=aligned.index)
+    users = pd.concat([users, attributes, features, custom], axis=1)
     segments = [c for c in ("rfm_cell", "lifecycle_stage", *USER_ATTRIBUTES, *custom) if c in users]
     covariates = [c for c in users.columns if c in features or c in attributes]
     return CampaignLog(
@@ -350,16 +354,10 @@ def label_stats(log: CampaignLog, segments: dict[str, Any], outcome: str) -> dic
         values = log.labels[label].fillna("(none)").astype(str)
         rows = [row(v, set(who), label, v) for v, who in log.labels["user_id"].groupby(values)]
         out[label] = sorted(rows, key=lambda r: -r["audience"])
-    names = _custom_names(log.labels["labels"])
-    if names:
-        held = log.labels["labels"]
+    custom = [c for c in log.labels.columns if c.startswith(CUSTOM_PREFIX)]
+    if custom:
         out["custom labels"] = [
-            row(
-                name,
-                set(log.labels["user_id"][held.map(lambda n, k=name: _holds(n, k))]),
-                CUSTOM_PREFIX + name,
-                "yes",
-            )
-            for name in names
+            row(c.removeprefix(CUSTOM_PREFIX), set(log.labels.loc[log.labels[c], "user_id"]), c, "yes")
+            for c in custom
         ]
     return out

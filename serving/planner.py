@@ -36,16 +36,10 @@ import pandas as pd
 
 from pushplan.caps import FrequencyCap, item_value
 from pushplan.clock import smooth_hours
-from pushplan.domain import Campaign, Channel, Decision, ItemState, Reason
+from pushplan.domain import OPT_IN_OF_CHANNEL, Campaign, Decision, ItemState, Reason
 from pushplan.windows import SLOT_MINUTES, QuietHours, window_slots
 
 PLAN_NAMESPACE = uuid.UUID("8f0c5d36-8a3e-4b8e-9d59-2f2d1f6c1a70")
-OPT_IN_OF_CHANNEL = {
-    Channel.push: "push_opt_in",
-    Channel.sandbox: "push_opt_in",  # the demo's stand-in for push
-    Channel.sms: "sms_opt_in",
-    Channel.email: "email_opt_in",
-}
 
 
 @dataclass

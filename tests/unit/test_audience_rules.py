@@ -30,10 +30,6 @@ class _Columns:
     frame: pd.DataFrame
     done: dict[tuple[str, int], list[str]]
 
-    @property
-    def size(self) -> int:
-        return len(self.frame)
-
     def column(self, name: str) -> pd.Series:
         return self.frame[name]
 
