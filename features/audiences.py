@@ -91,7 +91,8 @@ def schema(settings: Settings, *, custom_labels: bool = True) -> Schema:
         for label in labels_in_force(_plan_store(settings)):
             about = f"custom label v{label.version} by {label.author}: {label.rule}"
             fields.setdefault(label.name, FieldSpec(Kind.flag, about=about))
-    return Schema(fields, frozenset(e.value for e in EventType))
+    events = {e.value for e in EventType} | EventStore(settings).custom_event_names()
+    return Schema(fields, frozenset(events))
 
 
 @per_settings

@@ -5,6 +5,7 @@ Layout (both profiles; Feast's offline store reads the same files):
     <data_dir>/users/users.parquet                                        (one row per user)
 
     <data_dir>/catalogue/variants.parquet                                 variants of imported campaigns
+    <data_dir>/catalogue/event_names.json                                 the app's own event names seen
 
 An import streams its file in chunks, validates every row and stages what is new under
 <data_dir>/staging/; only when the whole file is valid are the staged files moved into place
@@ -16,6 +17,7 @@ de-duplicated on `event_id`, so nothing is stored twice.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -36,6 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from features.schema import (
+    BUILT_IN_EVENTS,
     EVENT_SCHEMA,
     TEXT,
     Kind,
@@ -52,6 +55,7 @@ from pushplan.settings import Settings
 
 _CSV_BLOCK_BYTES = 8 << 20
 _CAMPAIGNS = TypeAdapter(list[Campaign])
+_STORED_EVENTS = EVENT_SCHEMA.append(pa.field("event_date", pa.string()))
 _VARIANT_SCHEMA = pa.schema(
     [
         ("campaign_id", pa.string()),
@@ -266,13 +270,33 @@ class EventStore:
         if not stage.exists():
             return
         name = f"part-{stage.name}.parquet"
+        seen: set[str] = set()
         for day_dir in sorted(stage.glob("event_date=*")):
             table = pq.read_table(day_dir, schema=EVENT_SCHEMA).sort_by("timestamp")
+            seen.update(pc.unique(table.column("event_type")).to_pylist())
             target = self.events_dir / day_dir.name
             target.mkdir(parents=True, exist_ok=True)
             scratch = target / f".{name}.tmp"
             pq.write_table(table, scratch)
             scratch.replace(target / name)
+        self._note_event_names(seen - BUILT_IN_EVENTS)
+
+    def _note_event_names(self, names: set[str]) -> None:
+        """Add the app's own event names to the catalogue (under the import lock), so that rules and
+        triggers can name them without a scan of every event."""
+        known = self.custom_event_names()
+        if names <= known:
+            return
+        path = self.settings.event_names_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(sorted(known | names)))
+        scratch.replace(path)
+
+    def custom_event_names(self) -> set[str]:
+        """The app's own event names stored so far (built-in ones are not listed)."""
+        path = self.settings.event_names_path
+        return set(json.loads(path.read_text())) if path.exists() else set()
 
     def _import_users(self, source: _Source, bar: Progress | None, task: object) -> ImportResult:
         parts: list[pd.DataFrame] = []
@@ -376,8 +400,10 @@ class EventStore:
         """All stored events as one pyarrow dataset (`event_date` is the partition column)."""
         if not any(self.events_dir.glob("event_date=*/*.parquet")):
             return None
+        # With the schema given, files written before a column existed (`properties`) read as null.
         return ds.dataset(
             self.events_dir,
+            schema=_STORED_EVENTS,
             format="parquet",
             partitioning="hive",
             exclude_invalid_files=False,

@@ -9,7 +9,9 @@ themselves are a handful of pandas expressions.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -29,7 +31,7 @@ class Kind(StrEnum):
 
 
 EVENT_REQUIRED = ("event_id", "user_id", "event_type", "timestamp")
-EVENT_OPTIONAL = ("campaign_id", "variant_id", "channel", "value", "propensity")
+EVENT_OPTIONAL = ("campaign_id", "variant_id", "channel", "value", "propensity", "properties")
 USER_REQUIRED = ("user_id", "timezone", "push_opt_in")
 USER_OPTIONAL = ("country", "platform", "signup_at", "sms_opt_in", "email_opt_in")
 OPT_IN_COLUMNS = ("push_opt_in", "sms_opt_in", "email_opt_in")
@@ -46,8 +48,19 @@ EVENT_SCHEMA = pa.schema(
         ("channel", pa.string()),
         ("value", pa.float64()),
         ("propensity", pa.float64()),
+        ("properties", pa.string()),  # a flat JSON object, compact with sorted keys; null if none
     ]
 )
+
+# An app's own event name (`signup`, `coupon_claimed`): a word a rule can say (`did signup in last 7
+# days`, a trigger's `on`). Names beginning `push_` or `opt_` are pushplan's own: one that is not
+# built in is a typo of one (`push_click`), refused rather than stored as a new event nobody counts.
+CUSTOM_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+RESERVED_EVENT_PREFIXES = ("push_", "opt_")
+BUILT_IN_EVENTS = frozenset(e.value for e in EventType)
+# `properties`: at most this many bytes of JSON, keys that rules can name, values a rule can compare.
+MAX_PROPERTIES_BYTES = 2_048
+PROPERTY_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 MAX_REPORTED_PROBLEMS = 5
 # A clock time followed by Z or an offset; a date alone, or a time without an offset, names no instant.
@@ -221,7 +234,7 @@ def validate_events(frame: pd.DataFrame, first_row: int) -> pa.Table:
     out: dict[str, pd.Series] = {}
     for column in ("event_id", "user_id", "event_type"):
         out[column] = _text(chk, frame, column, required=True)
-    _choice(chk, out["event_type"], "event_type", EventType)
+    _event_names(chk, out["event_type"])
     # Stored at microsecond precision; finer digits say nothing about when a person acted.
     out["timestamp"] = _timestamp(chk, frame, "timestamp", required=True).dt.floor("us")
     for column in ("campaign_id", "variant_id", "channel"):
@@ -241,8 +254,78 @@ def validate_events(frame: pd.DataFrame, first_row: int) -> pa.Table:
         "propensity",
         lambda i: f"{propensity.iloc[i]} is not a probability in (0, 1]",
     )
+    out["properties"] = (
+        _properties(chk, frame["properties"]) if "properties" in frame else pd.Series(None, index=frame.index)
+    )
     chk.raise_if_any()
     return pa.Table.from_pandas(pd.DataFrame(out), schema=EVENT_SCHEMA, preserve_index=False)
+
+
+def _event_names(chk: _Checker, names: pd.Series) -> None:
+    """Built-in names, or an app's own (CUSTOM_EVENT_NAME) outside pushplan's reserved prefixes."""
+    known = names.isna() | names.isin(BUILT_IN_EVENTS)
+    custom = names.str.fullmatch(CUSTOM_EVENT_NAME.pattern).fillna(False).to_numpy(dtype=bool)
+    reserved = np.zeros(len(names), dtype=bool)
+    for prefix in RESERVED_EVENT_PREFIXES:
+        reserved |= names.str.startswith(prefix).fillna(False).to_numpy(dtype=bool)
+    bad = ~known.to_numpy(dtype=bool) & (~custom | reserved)
+
+    def why(i: int) -> str:
+        name = names.iloc[i]
+        if reserved[i]:
+            built_in = ", ".join(sorted(n for n in BUILT_IN_EVENTS if n.startswith(RESERVED_EVENT_PREFIXES)))
+            return (
+                f"{name!r} is not one of pushplan's own events ({built_in}); "
+                "app events may not begin push_ or opt_"
+            )
+        return (
+            f"{name!r} is neither a built-in event nor an app event name (lower-case letters, "
+            "digits and _, a letter first, at most 64)"
+        )
+
+    chk.flag(bad, "event_type", why)
+
+
+def properties_problem(value: object) -> tuple[str | None, str | None]:
+    """(the properties as compact JSON with sorted keys, None) or (None, what is wrong with them).
+
+    A flat object: rules compare its values (`amount > 10`, `plan = "gold"`), so each is a string,
+    a finite number, true/false or null, under a key a rule can name."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            return None, f"is not JSON ({exc.msg} at character {exc.pos})"
+    if not isinstance(value, dict):
+        return None, f"must be a JSON object, not {type(value).__name__}"
+    for key, item in value.items():
+        if not PROPERTY_KEY.match(str(key)):
+            return None, f"key {key!r} is not a name (letters, digits and _, not a digit first, at most 64)"
+        if isinstance(item, float) and not math.isfinite(item):
+            return None, f"{key!r} is not finite"
+        if not isinstance(item, str | int | float | bool) and item is not None:
+            return None, f"{key!r} is a {type(item).__name__}: values are text, numbers, true/false or null"
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > MAX_PROPERTIES_BYTES:
+        return None, f"is {len(text.encode())} bytes as JSON, more than {MAX_PROPERTIES_BYTES}"
+    return text, None
+
+
+def _properties(chk: _Checker, values: pd.Series) -> pd.Series:
+    """Each non-empty cell checked and normalised (one JSON parse per row that has properties)."""
+    missing = _is_missing(values).to_numpy(dtype=bool)
+    out = np.full(len(values), None, dtype=object)
+    problems: dict[int, str] = {}
+    for position in np.flatnonzero(~missing):
+        text, problem = properties_problem(values.iloc[position])
+        if problem is None:
+            out[position] = text
+        else:
+            problems[int(position)] = problem
+    bad = np.zeros(len(values), dtype=bool)
+    bad[list(problems)] = True
+    chk.flag(bad, "properties", lambda i: problems[i])
+    return pd.Series(out, index=values.index, dtype=object)
 
 
 def validate_users(frame: pd.DataFrame, first_row: int, default_timezone: str) -> pd.DataFrame:

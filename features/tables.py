@@ -172,12 +172,12 @@ class _Grid:
         present = np.arange(n_days)[None, :] >= start[:, None]
         return cls(ids.to_numpy(dtype=object), profile, day0, n_days, placed, present)
 
-    def of(self, kinds: tuple[EventType, ...]) -> pd.DataFrame:
-        return self.events[self.events["event_type"].isin([k.value for k in kinds])]
+    def of(self, kinds: tuple[str, ...]) -> pd.DataFrame:
+        return self.events[self.events["event_type"].isin([str(k) for k in kinds])]
 
     def daily(
         self,
-        kinds: tuple[EventType, ...],
+        kinds: tuple[str, ...],
         bins: str | None = None,
         width: int = 1,
         weekend: bool | None = None,
@@ -194,7 +194,7 @@ class _Grid:
         np.add.at(counts, index, 1.0)
         return counts
 
-    def last_at(self, kinds: tuple[EventType, ...]) -> np.ndarray:
+    def last_at(self, kinds: tuple[str, ...]) -> np.ndarray:
         """Per (user, day): the latest event time (ns since epoch) up to that day's end, or -1."""
         chosen = self.of(kinds)
         latest = np.full((self.n_users, self.n_days), -1, dtype=np.int64)
@@ -503,10 +503,8 @@ class _GridColumns:
         raise KeyError(f"no column {name!r} in the feature tables or the users file")
 
     def did(self, event: str, days: int) -> np.ndarray:
-        kinds = tuple(k for k in EventType if k.value == event)
-        if not kinds:
-            return np.zeros(self.u.size, dtype=bool)
-        counts = trailing(self.grid.daily(kinds), days)
+        # Any event name the rule was checked against: built-in or the app's own (`coupon_claimed`).
+        counts = trailing(self.grid.daily((event,)), days)
         return np.asarray(counts[self.u, self.d] > 0)
 
 

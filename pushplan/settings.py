@@ -230,6 +230,11 @@ class Settings(BaseSettings):
         return self.data_dir / "catalogue" / "variants.parquet"
 
     @property
+    def event_names_path(self) -> Path:
+        """The app's own event names seen by imports (rules and triggers may name them)."""
+        return self.data_dir / "catalogue" / "event_names.json"
+
+    @property
     def events_dir(self) -> Path:
         """Events as parquet, hive-partitioned by UTC event date (`event_date=YYYY-MM-DD/`)."""
         return self.data_dir / "events"

@@ -40,7 +40,7 @@ OUTBOX_COLUMNS = (
     "sent_at",
 )
 _OUTBOX_REQUIRED = ("idempotency_key", "campaign_id", "user_id", "channel", "sent_at")
-EVENT_COLUMNS = tuple(EVENT_SCHEMA.names)
+EVENT_COLUMNS = tuple(n for n in EVENT_SCHEMA.names if n != "properties")  # none on built-in events
 MAX_EVENTS_PER_POST = 50_000  # what POST /v1/events accepts in one batch
 _ANSWER_NAMESPACE = uuid.UUID("e007ef36-f3a0-4c8f-a57d-5dad779633e6")
 

@@ -182,11 +182,22 @@ def test_events_are_validated_and_stored_whole(served: tuple[TestClient, dict[Ro
     accepted = client.post("/v1/events", json={"events": good}, headers=headers).json()
     assert accepted == {"received": 2, "stored": 2, "already_stored": 0}
     assert client.post("/v1/events", json={"events": good}, headers=headers).json()["stored"] == 0
-    bad = [*good, {"event_id": "api-3", "user_id": "u2", "event_type": "teleported", "timestamp": NOW}]
+    bad = [*good, {"event_id": "api-3", "user_id": "u2", "event_type": "push_teleported", "timestamp": NOW}]
     refused = client.post("/v1/events", json={"events": bad}, headers=headers)
     assert refused.status_code == 422
     assert "row 3, column 'event_type'" in refused.json()["detail"]
     assert EventStore(settings).stats().events == before + 2
+
+    # The app's own events, with a properties object; one that is not flat is refused whole.
+    claimed = {"event_id": "api-4", "user_id": "u2", "event_type": "coupon_claimed", "timestamp": NOW}
+    nested = {**claimed, "event_id": "api-5", "properties": {"cart": {"items": 2}}}
+    refused = client.post("/v1/events", json={"events": [claimed, nested]}, headers=headers)
+    assert refused.status_code == 422
+    assert "row 2, column 'properties': 'cart' is a dict" in refused.json()["detail"]
+    claimed["properties"] = {"code": "WELCOME10", "amount": 10}
+    assert client.post("/v1/events", json={"events": [claimed]}, headers=headers).json()["stored"] == 1
+    stored = EventStore(settings).read_events(["event_id", "properties"], event_types=["coupon_claimed"])
+    assert stored["properties"].tolist() == ['{"amount":10,"code":"WELCOME10"}']
 
 
 def test_events_with_mixed_timestamp_precision_are_stored_and_opens_reach_their_items(

@@ -133,7 +133,10 @@ def test_empty_store_has_zero_stats(store: EventStore) -> None:
 BAD_EVENT_CELLS = [
     ("event_id", "", "is empty"),
     ("user_id", "  ", "is empty"),
-    ("event_type", "push_bounced", "'push_bounced' is not one of app_open"),
+    ("event_type", "push_bounced", "'push_bounced' is not one of pushplan's own events (opt_in, opt_out,"),
+    ("event_type", "opt_outt", "app events may not begin push_ or opt_"),
+    ("event_type", "Coupon Claimed", "'Coupon Claimed' is neither a built-in event nor an app event name"),
+    ("event_type", "x" * 65, "is neither a built-in event nor an app event name"),
     ("timestamp", "", "is empty"),
     ("timestamp", "2026-09-03T10:00:00", "has no UTC offset"),
     ("timestamp", "2026-09-03", "has no UTC offset"),
@@ -182,7 +185,7 @@ def test_row_numbers_count_across_chunks(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PUSHPLAN_IMPORT_CHUNK_ROWS", "1000")
     store = EventStore(Settings())
     rows = [event_row(i) for i in range(2500)]
-    rows[2099] = event_row(2099, event_type="nope")
+    rows[2099] = event_row(2099, event_type="push_nope")
     rows[2400] = event_row(5, user_id="u1")  # repeats row 6 of the first chunk
     path = write_csv(tmp_path / "big.csv", EVENT_HEADER, rows)
 
@@ -196,7 +199,7 @@ def test_row_numbers_count_across_chunks(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_many_bad_rows_report_the_first_five_and_the_count(store: EventStore, tmp_path: Path) -> None:
-    rows = [event_row(i, event_type="bad") for i in range(30)]
+    rows = [event_row(i, event_type="Bad") for i in range(30)]
     with pytest.raises(ImportRefused) as refused:
         store.import_file(write_csv(tmp_path / "all_bad.csv", EVENT_HEADER, rows))
     message = str(refused.value)
@@ -340,3 +343,68 @@ def test_read_events_filters_by_time_and_type(stored: EventStore) -> None:
     )
     assert set(chosen["event_type"]) == {"push_sent"}
     assert sorted(chosen["event_id"]) == ["e5", "e7"]
+
+
+def test_app_events_with_properties_are_stored_read_and_named(store: EventStore, tmp_path: Path) -> None:
+    """An app's own event (`coupon_claimed`) is stored with its properties as compact JSON, is
+    listed among the names rules may use, and an older file without the column reads as no properties."""
+    old = write_csv(tmp_path / "old.csv", EVENT_HEADER, [event_row(1)])
+    store.import_file(old)
+    rows = [
+        {
+            "event_id": "c1",
+            "user_id": "u1",
+            "event_type": "coupon_claimed",
+            "timestamp": "2026-09-02T10:00:00Z",
+            "properties": '{ "code": "WELCOME10", "amount": 10, "first": true }',
+        },
+        {
+            "event_id": "c2",
+            "user_id": "u2",
+            "event_type": "signup",
+            "timestamp": "2026-09-02T11:00:00+02:00",
+            "properties": "",
+        },
+    ]
+    new = write_csv(
+        tmp_path / "new.csv", ["event_id", "user_id", "event_type", "timestamp", "properties"], rows
+    )
+
+    assert store.import_file(new).stored == 2
+    events = store.read_events(["event_id", "event_type", "properties"]).set_index("event_id")
+    assert events.loc["c1", "properties"] == '{"amount":10,"code":"WELCOME10","first":true}'
+    assert events.loc["c2", "properties"] is None and events.loc["e1", "properties"] is None
+    assert store.custom_event_names() == {"coupon_claimed", "signup"}
+    assert store.stats().by_type["coupon_claimed"] == 1
+
+
+BAD_PROPERTIES = [
+    ("[1, 2]", "must be a JSON object, not list"),
+    ("{amount: 1}", "is not JSON"),
+    ('{"cart": {"items": 2}}', "'cart' is a dict: values are text, numbers, true/false or null"),
+    ('{"total amount": 2}', "key 'total amount' is not a name"),
+    ('{"note": "' + "x" * 2100 + '"}', "bytes as JSON, more than 2048"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), BAD_PROPERTIES)
+def test_bad_properties_refuse_the_file(store: EventStore, tmp_path: Path, value: str, reason: str) -> None:
+    rows = [
+        {
+            "event_id": f"c{i}",
+            "user_id": "u1",
+            "event_type": "add_to_cart",
+            "timestamp": "2026-09-02T10:00:00Z",
+            "properties": value if i == 2 else '{"items": 1}',
+        }
+        for i in range(4)
+    ]
+    path = write_csv(
+        tmp_path / "bad.csv", ["event_id", "user_id", "event_type", "timestamp", "properties"], rows
+    )
+
+    with pytest.raises(ImportRefused) as refused:
+        store.import_file(path)
+
+    assert "row 3, column 'properties': " in str(refused.value) and reason in str(refused.value)
+    assert store.stats().events == 0 and store.custom_event_names() == set()

@@ -176,6 +176,7 @@ def shop(settings: Settings, tmp_path: Path) -> Settings:
             ("u4", "app_open", "2026-04-10T10:00:00Z"),
             ("u5", "app_open", "2026-05-31T10:00:00Z"),
             ("u5", "purchase", "2026-06-02T10:00:00Z"),  # after `now` below: must not count
+            ("u4", "coupon_claimed", "2026-05-29T10:00:00Z"),  # an app's own event
         ]
     ):
         events.append(
@@ -214,6 +215,9 @@ def test_an_audience_combines_labels_attributes_and_events(shop: Settings) -> No
         "u5",
     ]
     assert ids(shop, "frequency_90d > 0") == ["u1", "u2"]  # features as of the 06-01 snapshot
+    assert ids(shop, "did coupon_claimed in last 7 days") == ["u4"]
+    with pytest.raises(RuleError, match="coupon_claimd"):
+        compile_for(shop, "did coupon_claimd in last 7 days")
 
 
 def test_a_preview_counts_reach_labels_and_samples(shop: Settings) -> None:
