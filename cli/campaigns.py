@@ -1,4 +1,5 @@
-"""`pushplan campaign dispatch|pause|resume|cancel|status`: control a campaign's sends."""
+"""`pushplan campaign dispatch|pause|resume|cancel|status|trigger`: control a campaign's sends, and
+see a triggered campaign's firings."""
 
 from __future__ import annotations
 
@@ -66,6 +67,33 @@ def campaign_status(campaign_id: str) -> None:
     migrate(settings)
     counts = item_states(PlanStore(settings), campaign_id)
     print_dispatch_counts(counts, f"{campaign_id}: items by state")
+
+
+@app.command("trigger")
+def campaign_trigger(campaign_id: str) -> None:
+    """A triggered campaign's state, its firings by outcome and its budget (docs/triggers.md)."""
+    from pushplan.db.engine import migrate
+    from pushplan.db.store import PlanStore
+    from serving.triggers import trigger_status
+
+    settings = get_settings()
+    migrate(settings)
+    store = PlanStore(settings)
+    campaign = store.get_campaign(campaign_id)
+    if campaign is None or campaign.trigger is None:
+        err.print(f"[red]no triggered campaign {campaign_id!r}[/]", highlight=False)
+        raise typer.Exit(code=2)
+    shown = trigger_status(store, campaign)
+    table = Table(title=f"{campaign_id}: trigger {shown.state.value}, {shown.why}", show_header=False)
+    table.add_row("firings", f"{shown.firings:,}")
+    for outcome, count in sorted(shown.by_outcome.items()):
+        table.add_row(f"  {outcome}", f"{count:,}")
+    budget = f" of {shown.max_sends:,}" if shown.max_sends is not None else ""
+    table.add_row("sends", f"{shown.sends:,}{budget}")
+    users = f" of {shown.max_users:,}" if shown.max_users is not None else ""
+    table.add_row("users sent", f"{shown.users_sent:,}{users}")
+    table.add_row("events waiting", f"{shown.pending_events:,}")
+    out.print(table)
 
 
 def print_dispatch_counts(counts: Any, title: str) -> None:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cli.output import err, out
 from features.schema import Kind
-from pushplan.settings import get_settings
+from pushplan.settings import Settings, get_settings
 
 app = typer.Typer(help="Import and inspect the event store (users and events).", no_args_is_help=True)
 
@@ -66,8 +66,12 @@ def events_import(
             refused += 1
             err.print(f"[bold red]refused[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             continue
-        # Opt-outs and opt-ins reach the send path's suppression list, checked at every send.
+        # Opt-outs and opt-ins reach the send path's suppression list, checked at every send; live
+        # triggers' events the trigger inbox (kept even when already stored: a re-import after a
+        # crash between the two repairs the inbox, and the inbox ignores what it has).
         suppressed = suppress_from_file(settings, path) if result.kind is Kind.events else 0
+        if result.kind is Kind.events:
+            _note_for_triggers(settings, path)
         out.print(
             f"{result.path}: {result.rows:,} {result.kind} rows, {result.stored:,} stored, "
             f"{result.already_stored:,} already in the store"
@@ -77,6 +81,21 @@ def events_import(
         )
     if refused:
         raise typer.Exit(code=1)
+
+
+def _note_for_triggers(settings: Settings, path: Path) -> None:
+    from features.event_store import events_in_file
+    from pushplan.db.engine import migrate
+    from pushplan.db.store import PlanStore
+    from pushplan.db.trigger_inbox import INBOX_COLUMNS, listened_events, note_events
+
+    migrate(settings)
+    store = PlanStore(settings)
+    names = listened_events(store)
+    if names and note_events(store, events_in_file(path, INBOX_COLUMNS, names)):
+        from serving.tasks import fire_triggers_task
+
+        fire_triggers_task.apply_async()
 
 
 @app.command("stats")

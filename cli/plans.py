@@ -44,7 +44,7 @@ def plan_command(
     from features.audiences import compile_for, select
     from pushplan.db.engine import migrate
     from pushplan.db.store import PlanStore
-    from pushplan.domain import Campaign
+    from pushplan.domain import Campaign, PlannedByTrigger
     from serving.capped_plan import plan_users
     from serving.scoring import ModelSet
 
@@ -54,6 +54,11 @@ def plan_command(
     except (OSError, ValidationError) as exc:
         err.print(f"[red]bad campaign[/] {campaign_file}: {exc}", highlight=False)
         raise typer.Exit(code=2) from None
+    if campaign.trigger is not None:
+        err.print(
+            f"[red]not planned[/] {campaign_file}: {PlannedByTrigger(campaign.campaign_id)}", highlight=False
+        )
+        raise typer.Exit(code=2)
     moment = parse_now(now)
     if users_file is None:
         try:

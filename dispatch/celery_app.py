@@ -63,11 +63,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "dispatch.tasks.flush_events_task": {"queue": "scans"},
             "dispatch.tasks.send_chunk_task": {"queue": "sends"},
             "serving.tasks.plan_partition_task": {"queue": "plans"},
+            "serving.tasks.fire_triggers_task": {"queue": "plans"},
             "dispatch.tasks.plan_partition_task": {"queue": "plans"},  # its name before it moved
         },
         "beat_schedule": {
             "due-scan": {"task": "dispatch.tasks.due_scan_task", "schedule": settings.dispatch_scan_seconds},
             "flush-events": {"task": "dispatch.tasks.flush_events_task", "schedule": 10.0},
+            # Named, not imported (serving sits above dispatch); a no-op while no trigger is live.
+            "fire-triggers": {
+                "task": "serving.tasks.fire_triggers_task",
+                "schedule": settings.trigger_scan_seconds,
+            },
         },
         "beat_schedule_filename": str((settings.data_dir / "celerybeat-schedule").resolve()),
         # One app; each package's tasks module registers on it (Saleor's pattern). Named, not imported:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from pushplan.db.schema import CampaignRow, DispatchEventRow, PlanItemRow
 from pushplan.db.store import PlanStore
+from pushplan.db.trigger_inbox import note_events
 from pushplan.domain import Decision, DispatchState, EventType, ItemState, NoSuchCampaign, Reason
 from pushplan.settings import Settings
 
@@ -118,8 +119,9 @@ def mark_opened(store: PlanStore, events: pd.DataFrame) -> int:
 
 
 def flush_events(store: PlanStore, settings: Settings, limit: int = 50_000) -> int:
-    """Move dispatch's outbox of events into the event store, and fold the sends into the online
-    fatigue features (as `POST /v1/events` does) where a Feast repo is applied; returns events moved.
+    """Move dispatch's outbox of events into the event store, fold the sends into the online fatigue
+    features (as `POST /v1/events` does) where a Feast repo is applied, and keep those live triggers
+    listen to in the trigger inbox; returns events moved.
 
     Idempotent into the event store: it ignores event ids it holds, so a flush that dies after the
     import and before marking rows flushed only repeats itself. The online fatigue counts are
@@ -158,6 +160,9 @@ def flush_events(store: PlanStore, settings: Settings, limit: int = 50_000) -> i
         EventStore(settings).import_file(path)
     if (settings.feast_dir / "registry.db").exists():  # no repo applied yet: nothing online to update
         push_events(feature_store(settings), settings, events)
+    # A journey's next step listens to these (`on: push_sent` of an earlier campaign); beat's firing
+    # task picks them up (serving's task, which dispatch names but does not import).
+    note_events(store, events)
     with store.session() as session:
         session.execute(
             sa.update(DispatchEventRow)

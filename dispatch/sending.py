@@ -262,6 +262,7 @@ ROW_COLUMNS = (
     PlanItemRow.attempts,
     PlanItemRow.fallback_step,
     PlanItemRow.lease_until,
+    PlanItemRow.window_end,
 )
 
 
@@ -616,7 +617,8 @@ def _pending(row: Any, campaign: Campaign, cap: FrequencyCap, settings: Settings
         ),
         propensity=row.propensity,
         attempts=row.attempts + 1,
-        window_end=campaign.window.end,
+        # A firing's own window (a triggered campaign's item), else the campaign's.
+        window_end=_aware(row.window_end) if row.window_end is not None else campaign.window.end,
     )
 
 

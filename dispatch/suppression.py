@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from dispatch.ledger import ALL_CHANNELS, OptChange, ledger_for
+from features.event_store import events_in_file
 from pushplan.db.engine import migrate
 from pushplan.domain import EventType
 from pushplan.settings import Profile, Settings
@@ -64,16 +64,7 @@ def suppress_from_events(settings: Settings, events: pd.DataFrame) -> int:
 def suppress_from_file(settings: Settings, path: Path) -> int:
     """The changes in an events file already validated and stored (CSV or parquet), applied; the
     plan store is migrated first, since an import may come before anything else made it."""
-    if path.suffix.lower() == ".parquet":
-        names = set(pq.read_schema(path).names)
-        frame = pd.read_parquet(
-            path,
-            columns=[c for c in COLUMNS if c in names],
-            filters=[("event_type", "in", sorted(SUPPRESSING | LIFTING))],
-        )
-    else:
-        header = set(pd.read_csv(path, nrows=0).columns)
-        frame = pd.read_csv(path, usecols=[c for c in COLUMNS if c in header], dtype=str)
+    frame = events_in_file(path, COLUMNS, SUPPRESSING | LIFTING)
     changes = opt_changes(frame)
     if changes and settings.profile is Profile.local:
         migrate(settings)

@@ -20,7 +20,7 @@ import csv
 import json
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +38,6 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from features.schema import (
-    BUILT_IN_EVENTS,
     EVENT_SCHEMA,
     TEXT,
     Kind,
@@ -49,7 +48,7 @@ from features.schema import (
     validate_events,
     validate_users,
 )
-from pushplan.domain import Campaign
+from pushplan.domain import BUILT_IN_EVENTS, Campaign
 from pushplan.files import write_parquet
 from pushplan.settings import Settings
 
@@ -459,6 +458,27 @@ class EventStore:
             first=span["min"],
             last=span["max"],
         )
+
+
+def events_in_file(path: Path, columns: Sequence[str], event_types: Iterable[str]) -> pd.DataFrame:
+    """The rows of an events file (CSV or parquet, already imported) of these types, with those of
+    `columns` the file has, as text (timestamps as written): what the send path's suppression list
+    and the trigger inbox take from an import."""
+    types = sorted(set(event_types))
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        names = set(pq.read_schema(path).names)
+        return pd.read_parquet(
+            path, columns=[c for c in columns if c in names], filters=[("event_type", "in", types)]
+        )
+    header = set(pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns)
+    frame = pd.read_csv(
+        path,
+        usecols=[c for c in columns if c in header],
+        dtype=str,
+        keep_default_na=False,
+        encoding="utf-8-sig",
+    )
+    return frame[frame["event_type"].str.strip().isin(types)].replace({"": None})
 
 
 def _refusal(path: Path, problems: list, total: int) -> ImportRefused:

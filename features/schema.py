@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pushplan.domain import Channel, EventType
+from pushplan.domain import Channel, event_name_problem
 
 
 class Kind(StrEnum):
@@ -52,12 +52,6 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 
-# An app's own event name (`signup`, `coupon_claimed`): a word a rule can say (`did signup in last 7
-# days`, a trigger's `on`). Names beginning `push_` or `opt_` are pushplan's own: one that is not
-# built in is a typo of one (`push_click`), refused rather than stored as a new event nobody counts.
-CUSTOM_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-RESERVED_EVENT_PREFIXES = ("push_", "opt_")
-BUILT_IN_EVENTS = frozenset(e.value for e in EventType)
 # `properties`: at most this many bytes of JSON, keys that rules can name, values a rule can compare.
 MAX_PROPERTIES_BYTES = 2_048
 PROPERTY_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -262,28 +256,10 @@ def validate_events(frame: pd.DataFrame, first_row: int) -> pa.Table:
 
 
 def _event_names(chk: _Checker, names: pd.Series) -> None:
-    """Built-in names, or an app's own (CUSTOM_EVENT_NAME) outside pushplan's reserved prefixes."""
-    known = names.isna() | names.isin(BUILT_IN_EVENTS)
-    custom = names.str.fullmatch(CUSTOM_EVENT_NAME.pattern).fillna(False).to_numpy(dtype=bool)
-    reserved = np.zeros(len(names), dtype=bool)
-    for prefix in RESERVED_EVENT_PREFIXES:
-        reserved |= names.str.startswith(prefix).fillna(False).to_numpy(dtype=bool)
-    bad = ~known.to_numpy(dtype=bool) & (~custom | reserved)
-
-    def why(i: int) -> str:
-        name = names.iloc[i]
-        if reserved[i]:
-            built_in = ", ".join(sorted(n for n in BUILT_IN_EVENTS if n.startswith(RESERVED_EVENT_PREFIXES)))
-            return (
-                f"{name!r} is not one of pushplan's own events ({built_in}); "
-                "app events may not begin push_ or opt_"
-            )
-        return (
-            f"{name!r} is neither a built-in event nor an app event name (lower-case letters, "
-            "digits and _, a letter first, at most 64)"
-        )
-
-    chk.flag(bad, "event_type", why)
+    """Built-in names, or an app's own (pushplan.domain.APP_EVENT_NAME) outside the reserved prefixes."""
+    unique = {name: event_name_problem(name) for name in pd.unique(names.dropna())}
+    bad = names.map(lambda name: unique.get(name) is not None if isinstance(name, str) else False)
+    chk.flag(bad.to_numpy(dtype=bool), "event_type", lambda i: unique[names.iloc[i]])
 
 
 def properties_problem(value: object) -> tuple[str | None, str | None]:

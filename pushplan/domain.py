@@ -45,6 +45,32 @@ class EventType(StrEnum):
     push_failed = "push_failed"  # dispatch gave up on a send: the channel refused it or kept failing
 
 
+# An app's own event name (`signup`, `coupon_claimed`): a word a rule can say (`did signup in last 7
+# days`) and a trigger can listen to. Names beginning `push_` or `opt_` are pushplan's own: one that is
+# not built in is a typo of one (`push_click`), refused rather than stored as an event nobody counts.
+APP_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+RESERVED_EVENT_PREFIXES = ("push_", "opt_")
+BUILT_IN_EVENTS = frozenset(e.value for e in EventType)
+
+
+def event_name_problem(name: str) -> str | None:
+    """Why `name` cannot be an event's type, in words; None for a built-in or a valid app event name."""
+    if name in BUILT_IN_EVENTS:
+        return None
+    if APP_EVENT_NAME.match(name) and name.startswith(RESERVED_EVENT_PREFIXES):
+        built_in = ", ".join(sorted(n for n in BUILT_IN_EVENTS if n.startswith(RESERVED_EVENT_PREFIXES)))
+        return (
+            f"{name!r} is not one of pushplan's own events ({built_in}); "
+            "app events may not begin push_ or opt_"
+        )
+    if not APP_EVENT_NAME.match(name):
+        return (
+            f"{name!r} is neither a built-in event nor an app event name (lower-case letters, "
+            "digits and _, a letter first, at most 64)"
+        )
+    return None
+
+
 class Channel(StrEnum):
     """Where a message goes. `sandbox` appends to a file: the demo's stand-in for push."""
 
@@ -157,6 +183,10 @@ class Reason(StrEnum):
     exploration = "exploration"
     deferred = "deferred"  # a send moved off its best slot so that it stays within the caps
     not_in_audience = "not_in_audience"  # a listed user the campaign's audience rule does not select
+    # A trigger's firing that its limits keep from sending (docs/triggers.md):
+    frequency = "frequency"  # the user had a firing of this trigger within `once_per_user_days`
+    budget_spent = "budget_spent"  # the trigger's `max_sends` or `max_users` is reached
+    condition_met = "condition_met"  # an `unless` event came after the firing, before the send
     # Set by dispatch, on items that were planned to be sent:
     cancelled = "cancelled"  # the campaign was cancelled before the item was handed to its channel
     expired = "expired"  # its window had ended before dispatch reached it (paused, or a backlog)
@@ -184,6 +214,16 @@ class DispatchState(StrEnum):
     running = "running"
     paused = "paused"
     cancelled = "cancelled"
+
+
+class PlannedByTrigger(ValueError):
+    """A triggered campaign is planned one firing at a time by its trigger, never as a whole."""
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(
+            f"campaign {campaign_id!r} is triggered: its items are planned by its trigger's firings "
+            "(start it with dispatch and post its events; docs/triggers.md), not by a plan"
+        )
 
 
 class NoSuchCampaign(LookupError):
@@ -225,6 +265,12 @@ class PlanItem(BaseModel):
     fallback_step: int = Field(default=0, description="0: the first channel; n: the n-th fallback re-send.")
     sent_at: AwareDatetime | None = None
     detail: str | None = Field(default=None, description="Which cap, or the channel's error, in words.")
+    # A triggered campaign's item: the event that fired it, when, and the end of its own send window.
+    firing_id: str = Field(default="", description="The firing event's id; empty on a scheduled campaign.")
+    fired_at: AwareDatetime | None = None
+    window_end: AwareDatetime | None = Field(
+        default=None, description="The end of a firing's send window; null: the campaign's window."
+    )
 
 
 class Objective(StrEnum):
@@ -315,6 +361,75 @@ class CapOverrides(BaseModel):
     campaign_total: int | None = Field(default=None, ge=0, strict=True)
 
 
+MAX_TRIGGER_DELAY = timedelta(days=30)
+MAX_FIRING_WINDOW = timedelta(days=7)
+
+
+def _event_name(value: str) -> str:
+    problem = event_name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+EventName = Annotated[str, AfterValidator(_event_name)]
+
+
+class Trigger(BaseModel):
+    """What makes a triggered campaign send (docs/triggers.md): a user's `on` event (of `on_campaign`
+    only, if given: a journey's next step), whose properties pass `where`, planned `delay` after it
+    within `send_within` at the user's best time, unless an `unless` event comes first; at most once
+    per user per `once_per_user_days`, and no more than `max_sends` sends or `max_users` users."""
+
+    on: EventName = Field(examples=["coupon_claimed"])
+    on_campaign: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Only `on` events of this campaign (e.g. push_clicked of trigger A's campaign).",
+    )
+    where: str | None = Field(
+        default=None,
+        max_length=MAX_RULE_CHARS,
+        description='A rule over the event\'s properties (`amount >= 20 and plan = "gold"`).',
+    )
+    delay: timedelta = Field(default=timedelta(0), description="ISO 8601 duration, 0 to P30D.")
+    send_within: timedelta = Field(
+        default=timedelta(hours=6), description="The send window after the delay: PT1M to P7D."
+    )
+    unless: list[EventName] = Field(default_factory=list, max_length=10, examples=[["purchase"]])
+    once_per_user_days: int | None = Field(default=None, ge=1, le=3650, strict=True)
+    max_sends: int | None = Field(default=None, ge=1, strict=True)
+    max_users: int | None = Field(default=None, ge=1, strict=True)
+
+    @field_validator("delay", "send_within", mode="before")
+    @classmethod
+    def _iso_duration(cls, value: object) -> object:
+        if not isinstance(value, str | timedelta):
+            raise ValueError("must be an ISO 8601 duration, e.g. PT24H")
+        return value
+
+    @field_validator("where")
+    @classmethod
+    def _where_parses(cls, value: str | None) -> str | None:
+        if value is not None and parse_rule(value).events:  # parse raises RuleError, a ValueError
+            raise ValueError("`where` compares the event's properties; `did …` belongs in the audience")
+        return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Trigger:
+        if not timedelta(0) <= self.delay <= MAX_TRIGGER_DELAY:
+            raise ValueError("delay must be from 0 to 30 days (P30D)")
+        if not timedelta(minutes=1) <= self.send_within <= MAX_FIRING_WINDOW:
+            raise ValueError("send_within must be from one minute (PT1M) to 7 days (P7D)")
+        if self.on in self.unless:
+            raise ValueError(f"{self.on!r} is both `on` and `unless`")
+        return self
+
+    def listens(self) -> list[str]:
+        """The event names this trigger reads: its `on` and its `unless`."""
+        return list(dict.fromkeys([self.on, *self.unless]))
+
+
 class Campaign(BaseModel):
     # The lengths are those of the plan store's columns.
     campaign_id: str = Field(min_length=1, max_length=200)
@@ -339,6 +454,9 @@ class Campaign(BaseModel):
     # "now": every user at the first open slot of the window (after quiet hours, if it holds one),
     # not at their best hour; none: at each user's best hour in the window.
     send: Literal["now"] | None = None
+    # A triggered campaign plans one item per firing of its trigger, while its window is open (the
+    # window is when it listens); it is never planned whole (docs/triggers.md).
+    trigger: Trigger | None = None
 
     @field_validator("fallback_after", mode="before")
     @classmethod

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     dispatch_retry_seconds: float = Field(
         default=30.0, gt=0, description="First retry delay after a transient error; doubles each attempt."
     )
+    trigger_scan_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often beat runs the firing task over the trigger inbox (each batch of events "
+        "posted also starts one at once).",
+    )
+    trigger_batch: int = Field(
+        default=5_000, ge=1, le=100_000, description="Inbox events one firing task claims and plans."
+    )
     plan_job_partition_users: int = Field(
         default=50_000, ge=1, description="Users per task of a whole-audience plan job."
     )

@@ -12,7 +12,7 @@ from features.audiences import compile_for, select
 from features.store import Source, feature_store
 from pushplan.caps import FrequencyCap
 from pushplan.db.store import PlanStore
-from pushplan.domain import Campaign
+from pushplan.domain import Campaign, PlannedByTrigger
 from pushplan.settings import Settings
 from pushplan.windows import QuietHours
 from serving.audience import build_audience
@@ -38,6 +38,8 @@ def plan_users(
 
     Listed users outside the campaign's audience are skipped `not_in_audience`, unless the caller
     says they were selected by it (`members_only`: a plan job's partitions)."""
+    if campaign.trigger is not None:
+        raise PlannedByTrigger(campaign.campaign_id)
     audience = build_audience(
         feature_store(settings), settings, models, campaign, user_ids, now, source=source
     )

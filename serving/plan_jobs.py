@@ -26,11 +26,11 @@ from features.audiences import compile_for, select
 from pushplan.db.plan_jobs import JobState, fail_job, get_job, insert_job, record_partition
 from pushplan.db.schema import PlanJobRow
 from pushplan.db.store import PlanStore
-from pushplan.domain import Campaign
+from pushplan.domain import Campaign, PlannedByTrigger
 from pushplan.files import write_parquet
-from pushplan.settings import Settings, per_settings
+from pushplan.settings import Settings
 from serving.capped_plan import plan_users
-from serving.scoring import ModelSet
+from serving.scoring import models_of
 
 
 def user_partition(user_ids: pd.Series, partitions: int) -> np.ndarray:
@@ -49,6 +49,8 @@ def create_job(
     """Record a job over the campaign's audience (every user in the users file without a rule),
     selected once, as of `now`, and kept beside the job so every partition plans the same users
     whatever the feature tables become meanwhile; the caller enqueues its partitions."""
+    if campaign.trigger is not None:
+        raise PlannedByTrigger(campaign.campaign_id)
     moment = now or datetime.now(UTC)
     if not settings.users_path.exists() or pq.read_metadata(settings.users_path).num_rows == 0:
         raise ValueError(f"no users to plan: {settings.users_path} is missing or empty (import users first)")
@@ -74,11 +76,6 @@ def job_users_path(settings: Settings, job_id: str) -> Path:
     return settings.data_dir / "plan_jobs" / f"{job_id}.parquet"
 
 
-@per_settings
-def _models(settings: Settings) -> ModelSet:
-    return ModelSet.load(settings)
-
-
 def plan_partition(store: PlanStore, settings: Settings, job_id: str, partition: int) -> int:
     """Plan one partition of a job and record its progress; returns users planned."""
     job = get_job(store, job_id)
@@ -94,8 +91,7 @@ def plan_partition(store: PlanStore, settings: Settings, job_id: str, partition:
     mine = users[user_partition(users, job.partitions) == partition].tolist()
     now = datetime.fromisoformat(job.spec["now"])
     try:
-        models = _models(settings)
-        models.refresh_if_stale()
+        models = models_of(settings)
         arbitrated = plan_users(
             store,
             settings,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pushplan.domain import VARIANT_TAGS
-from pushplan.settings import Settings
+from pushplan.settings import Settings, per_settings
 from training.baselines import variant_rule_scores
 from training.frames import CATEGORIES, HOUR_VECTORS, hour_matrix, timezone_group, variant_features
 from training.habits import HourBlend, fitted_rule_scores
@@ -324,3 +324,16 @@ def variant_rows(rows: pd.DataFrame, title: str, tags: list[str], variant_id: st
         for column, values in tag_match(affinities(out), tags).items():
             out[column] = values
     return out
+
+
+@per_settings
+def _loaded(settings: Settings) -> ModelSet:
+    return ModelSet.load(settings)
+
+
+def models_of(settings: Settings) -> ModelSet:
+    """The champions for a worker's tasks (plan-job partitions, firings): loaded once per process and
+    configuration, and re-read from the registry when a new champion may have been promoted."""
+    models = _loaded(settings)
+    models.refresh_if_stale()
+    return models

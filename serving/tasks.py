@@ -1,10 +1,16 @@
-"""Celery tasks of serving, on dispatch's one Celery app: whole-audience plan-job partitions."""
+"""Celery tasks of serving, on dispatch's one Celery app: whole-audience plan-job partitions, and the
+firing task of triggered campaigns."""
 
 from __future__ import annotations
 
+import logging
+
 from dispatch.celery_app import app
 from pushplan.db.store import PlanStore
+from pushplan.db.trigger_inbox import INBOX_KEEP, pending_count, prune
 from pushplan.settings import Settings, get_settings, per_settings
+
+log = logging.getLogger(__name__)
 
 
 @per_settings
@@ -21,6 +27,23 @@ def plan_partition_task(job_id: str, partition: int) -> int:
 
     settings = get_settings()
     return plan_partition(_store(settings), settings, job_id, partition)
+
+
+@app.task(name="serving.tasks.fire_triggers_task", acks_late=True, ignore_result=True)
+def fire_triggers_task() -> int:
+    """Turn pending trigger-inbox events into plan items; safe to run twice or at once (claims and
+    one item per firing); started by each batch of events and by beat. Returns events processed."""
+    settings = get_settings()
+    store = _store(settings)
+    prune(store, keep=INBOX_KEEP)
+    if not pending_count(store):  # the usual beat tick: nothing arrived, nothing to load
+        return 0
+    from serving.triggers import fire_triggers  # planning loads Feast and MLflow: only when it runs
+
+    summary = fire_triggers(store, settings)
+    if summary.events:
+        log.info("trigger firings of %d events: %s", summary.events, dict(summary.outcomes))
+    return summary.events
 
 
 # The name this task had while plan jobs lived in dispatch: partitions an older deployment queued

@@ -44,6 +44,7 @@ class CampaignRepository:
                     f"campaign {campaign.campaign_id!r} is {row.dispatch_state}: its spec is frozen "
                     "once dispatch has started; create a new campaign"
                 )
+            listens = " ".join(campaign.trigger.listens()) if campaign.trigger else None
             if row is None:
                 session.add(
                     CampaignRow(
@@ -52,10 +53,11 @@ class CampaignRepository:
                         spec=spec,
                         created_at=now,
                         updated_at=now,
+                        trigger_events=listens,
                     )
                 )
             else:
-                row.name, row.spec, row.updated_at = campaign.name, spec, now
+                row.name, row.spec, row.updated_at, row.trigger_events = campaign.name, spec, now, listens
 
     def get_campaign(self, campaign_id: str) -> Campaign | None:
         with self.session() as session:

@@ -1,4 +1,4 @@
-"""Plan items in the database: stored by (campaign, user), re-planned only while still dispatch's to
+"""Plan items in the database: stored by (campaign, user, firing), re-planned only while still dispatch's to
 take, listed by cursor, and the holdings other campaigns' plans are capped against.
 
 Re-planning is idempotent: a new plan replaces only items not yet handed to dispatch (`planned`, or
@@ -43,7 +43,8 @@ class PlanItemRepository:
     session: Callable[[], AbstractContextManager[Session]]
 
     def save_items(self, items: pd.DataFrame, displaced: list[str] | None = None) -> int:
-        """Insert new items, replace REPLANNABLE ones of the same (campaign, user); returns rows written.
+        """Insert new items, replace REPLANNABLE ones of the same (campaign, user, firing); returns rows
+        written (a triggered campaign's firing is planned once: its item is never re-planned).
 
         `displaced` are other campaigns' items a higher-value send took the place of: in the same
         transaction they become `skip` / `capped`, if they are still only planned.
@@ -71,7 +72,7 @@ class PlanItemRepository:
             replacements = []
             for record in records:
                 values = {k: _column_value(v) for k, v in record.items()}
-                found = existing.get((values["campaign_id"], values["user_id"]))
+                found = existing.get((values["campaign_id"], values["user_id"], values["firing_id"]))
                 if found is None:
                     session.add(PlanItemRow(**values, updated_at=now))
                     written += 1
@@ -88,18 +89,23 @@ class PlanItemRepository:
 
     def _existing_items(
         self, session: Session, records: list[dict[str, Any]]
-    ) -> dict[tuple[str, str], tuple[str, str]]:
-        """(campaign, user) → (plan_id, state) of the stored items `records` would replace; a step
-        of its own so that a test can run a due-scan between this read and the writes after it."""
+    ) -> dict[tuple[str, str, str], tuple[str, str]]:
+        """(campaign, user, firing) → (plan_id, state) of the stored items `records` would replace; a
+        step of its own so that a test can run a due-scan between this read and the writes after it."""
         rows = session.execute(
             sa.select(
-                PlanItemRow.campaign_id, PlanItemRow.user_id, PlanItemRow.plan_id, PlanItemRow.state
+                PlanItemRow.campaign_id,
+                PlanItemRow.user_id,
+                PlanItemRow.firing_id,
+                PlanItemRow.plan_id,
+                PlanItemRow.state,
             ).where(
                 PlanItemRow.campaign_id.in_({r["campaign_id"] for r in records}),
                 PlanItemRow.user_id.in_([r["user_id"] for r in records]),
+                PlanItemRow.firing_id.in_({r["firing_id"] for r in records}),
             )
         )
-        return {(campaign_id, user_id): (plan_id, state) for campaign_id, user_id, plan_id, state in rows}
+        return {(c, user, firing): (plan_id, state) for c, user, firing, plan_id, state in rows}
 
     def list_items(
         self,
@@ -223,7 +229,7 @@ def _from_row(row: PlanItemRow) -> dict[str, Any]:
     values = {column.name: getattr(row, column.name) for column in PlanItemRow.__table__.columns}
     for internal in ("updated_at", "claim", "lease_until", "opened_at"):
         values.pop(internal)
-    for instant in ("send_at", "model_send_at", "sent_at"):
+    for instant in ("send_at", "model_send_at", "sent_at", "fired_at", "window_end"):
         if values[instant] is not None and values[instant].tzinfo is None:
             values[instant] = values[instant].replace(tzinfo=UTC)  # SQLite keeps no zone; we store UTC
     return values

@@ -1,5 +1,6 @@
 """The application's database schema (SQLAlchemy ORM): campaigns, plan items, the local profile's send
-ledger and suppression list, dispatch's event outbox, plan jobs and API keys.
+ledger and suppression list, dispatch's event outbox, plan jobs, API keys, custom labels and the
+trigger inbox.
 
 The schema is owned by the Alembic migrations beside it (`pushplan/db/migrations`), applied by
 `pushplan.db.engine.migrate`; these classes mirror the latest migration.
@@ -28,12 +29,16 @@ class CampaignRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # A triggered campaign's event names (its `on` and `unless`), space-separated: what the inbox keeps.
+    trigger_events: Mapped[str | None] = mapped_column(sa.String(1000))
 
 
 class PlanItemRow(Base):
     __tablename__ = "plan_items"
     __table_args__ = (
-        sa.UniqueConstraint("campaign_id", "user_id", name="uq_plan_items_campaign_user"),
+        # A scheduled campaign's items have the firing "": one per user. A triggered campaign's have
+        # the firing event's id: one per firing (migration 0008).
+        sa.UniqueConstraint("campaign_id", "user_id", "firing_id", name="uq_plan_items_campaign_user_firing"),
         # The due-scan's two questions (migration 0004): due sends, and lapsed leases.
         sa.Index(
             "ix_plan_items_due",
@@ -77,6 +82,10 @@ class PlanItemRow(Base):
     lease_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
     sent_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     opened_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    firing_id: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
+    fired_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The end of the item's own send window (a firing's); NULL: the campaign's window.
+    window_end: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class CapLedgerRow(Base):
@@ -161,3 +170,31 @@ class LabelRow(Base):
     rule: Mapped[str | None] = mapped_column(sa.Text)  # None: removed
     author: Mapped[str] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class TriggerInboxRow(Base):
+    """Events a live trigger listens to, kept for the firing task (migration 0008): written by
+    `POST /v1/events`, imports and dispatch's outbox flush, idempotently on event_id; claimed by a
+    task under a lease like plan items are, and kept after processing for `unless` look-ups."""
+
+    __tablename__ = "trigger_inbox"
+    __table_args__ = (
+        sa.Index(
+            "ix_trigger_inbox_pending",
+            "timestamp",
+            postgresql_where=sa.text("processed_at IS NULL"),
+            sqlite_where=sa.text("processed_at IS NULL"),
+        ),
+        sa.Index("ix_trigger_inbox_user", "user_id", "event_type", "timestamp"),
+    )
+
+    event_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(200))
+    event_type: Mapped[str] = mapped_column(sa.String(64))
+    timestamp: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    campaign_id: Mapped[str | None] = mapped_column(sa.String(200))
+    properties: Mapped[str | None] = mapped_column(sa.Text)
+    received_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    processed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    claim: Mapped[str | None] = mapped_column(sa.String(36))
+    lease_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -1,4 +1,4 @@
-"""Campaigns: create or replace, and read back."""
+"""Campaigns: create or replace, read back, and a triggered campaign's status."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pushplan.audience_rules import RuleError
 from pushplan.db.campaigns import CampaignFrozen
 from pushplan.domain import Campaign
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole, unprocessable
+from serving.triggers import TriggerStatus, trigger_status
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
@@ -59,3 +60,19 @@ def get_campaign(
     if campaign is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
     return campaign
+
+
+@router.get(
+    "/{campaign_id}/trigger",
+    response_model=TriggerStatus,
+    responses={404: {"model": Problem, "description": "No campaign with this id, or it has no trigger."}},
+)
+def get_trigger_status(
+    campaign_id: Annotated[str, Path(examples=["coupon-reminder"])], store: PlanStoreDep, _: ReaderRole
+) -> TriggerStatus:
+    """A triggered campaign's state (waiting, live, paused, budget_spent, ended), its firings by
+    outcome and its budget (docs/triggers.md)."""
+    campaign = store.get_campaign(campaign_id)
+    if campaign is None or campaign.trigger is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no triggered campaign {campaign_id!r}")
+    return trigger_status(store, campaign)

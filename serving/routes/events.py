@@ -21,9 +21,11 @@ from features.event_store import EventStore, ImportRefused, ImportResult
 from features.store import feature_store, push_events
 from pushplan.db.schema import PlanItemRow
 from pushplan.db.store import PlanStore
+from pushplan.db.trigger_inbox import note_events
 from pushplan.domain import Channel, EventType
 from pushplan.settings import Settings
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, unprocessable
+from serving.tasks import fire_triggers_task
 
 router = APIRouter(tags=["events"])
 
@@ -91,6 +93,10 @@ def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: Cam
             frame.assign(timestamp=pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")),
         )
         mark_opened(store, frame)
+        # Live triggers' events to the inbox, and the firing task started: firings are planned by a
+        # worker, never in this request (beat runs the task too, should this message be lost).
+        if note_events(store, frame):
+            fire_triggers_task.apply_async()
     return EventsAccepted(received=result.rows, stored=result.stored, already_stored=result.already_stored)
 
 

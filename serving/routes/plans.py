@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, StringConstraints
 
 from pushplan.db.plan_items import missing_to_none
-from pushplan.domain import Decision, Instant, PlanItem, Reason
+from pushplan.domain import Decision, Instant, PlanItem, PlannedByTrigger, Reason
 from serving.capped_plan import plan_users
 from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole
 
@@ -62,9 +62,12 @@ def create_plan(
     settings = request.app.state.settings
     now = body.now or datetime.now(UTC)
     user_ids = list(dict.fromkeys(body.user_ids))
-    arbitrated = plan_users(
-        store, settings, models, campaign, user_ids, now, seed=body.seed, save=not body.dry_run
-    )
+    try:
+        arbitrated = plan_users(
+            store, settings, models, campaign, user_ids, now, seed=body.seed, save=not body.dry_run
+        )
+    except PlannedByTrigger as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     items = arbitrated.items
     records = [PlanItem.model_validate(missing_to_none(r)) for r in items.to_dict("records")]
     return PlanResponse(
