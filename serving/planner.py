@@ -7,7 +7,8 @@ For each user of an audience, in this order (docs/planner.md):
 3. timing: the local send slots inside the window (every `slot_minutes`, and the window's start),
    after `now` and outside quiet hours in the user's own zone (`no_window` / `quiet_hours` when
    there are none); the hour is the best of the user's smoothed hour scores among the allowed
-   hours, at its earliest slot (a `send: now` campaign: the first open slot);
+   hours, at its earliest slot (a `send: now` campaign: the first open slot, now itself when
+   planned after the window opened);
 4. variant: the highest variant score;
 5. exploration: with probability `exploration` a uniformly random allowed hour and variant; every
    item logs the propensity of the (hour, variant) it carries under this mixed policy;
@@ -151,13 +152,18 @@ def plan(
     window_start, window_end = pd.Timestamp(campaign.window.start), pd.Timestamp(campaign.window.end)
     not_before = max(window_start, pd.Timestamp(now)).value
     quiet_mask = quiet.mask()
+    slots_from = window_start
+    if campaign.send == "now" and window_start < pd.Timestamp(now).ceil("s") < window_end:
+        # Planned after its window opened (a request a moment late, a trigger's firing processed
+        # seconds after its event): it sends from now, not from the next slot of the grid.
+        slots_from = pd.Timestamp(now).ceil("s")
 
     zone_codes, zones = pd.factorize(users["timezone"].astype(str), sort=True)
     for code, zone in enumerate(zones):
         rows = np.flatnonzero((zone_codes == code) & eligible)
         if rows.size == 0:
             continue
-        slots = window_slots(window_start, window_end, str(zone), slot_minutes)
+        slots = window_slots(slots_from, window_end, str(zone), slot_minutes)
         later = slots.send_at >= not_before
         if not later.any():
             reason[rows] = Reason.no_window.value

@@ -11,7 +11,7 @@ One run (`fire_triggers`, a Celery task started by each batch of events and by b
    `frequency`; past `max_sends` or `max_users`, `budget_spent`;
 5. plans the rest with the same planner as any campaign (holdout, exploration, channel, variant,
    the best slot in the firing's own window `delay` after the event, quiet hours, caps, reasons),
-   firings of the same minute together; a send whose user already did an `unless` event is
+   firings of the same second together; a send whose user already did an `unless` event is
    cancelled before it is stored;
 6. stores the items and marks the events processed, fenced by the claim.
 The due-scan then sends each item when its slot comes; nothing waits in the broker.
@@ -46,6 +46,10 @@ from pushplan.settings import Settings
 from serving.capped_plan import plan_users
 from serving.planner import PLAN_NAMESPACE, holdout_draw
 from serving.scoring import ModelSet, models_of
+
+# Sends that spend a trigger's budget: to go, on their way, gone or maybe gone (not cancelled, failed
+# or skipped at dispatch).
+SPENDING = (ItemState.planned.value, ItemState.queued.value, ItemState.sent.value, ItemState.unknown.value)
 
 
 @dataclass
@@ -270,9 +274,10 @@ def _plan_firings(
     parts = [pd.DataFrame(skipped)] if skipped else []
     displaced: list[str] = []
     planned = firings.iloc[kept]
-    # Firings whose windows start in the same minute are planned together (one feature read, one
-    # planner pass); a user twice in one minute goes in separate passes, one item per firing.
-    opens = (planned["timestamp"] + trigger.delay).dt.ceil("min")
+    # Firings whose windows open in the same second are planned together (one feature read, one
+    # planner pass: at a thousand events a second, one pass per second); a user twice in one second
+    # goes in separate passes, one item per firing. A window opens no earlier than the delay says.
+    opens = (planned["timestamp"] + trigger.delay).dt.ceil("s")
     for opening, group in planned.groupby(opens, sort=True):
         window = SendWindow(
             start=opening.to_pydatetime(), end=(opening + trigger.send_within).to_pydatetime()
@@ -353,6 +358,7 @@ class _Limits:
                 sa.select(PlanItemRow.user_id).where(
                     PlanItemRow.campaign_id == campaign.campaign_id,
                     PlanItemRow.decision == Decision.send.value,
+                    PlanItemRow.state.in_(SPENDING),
                 )
             ).all()
         return cls(
@@ -468,7 +474,7 @@ def trigger_status(store: PlanStore, campaign: Campaign, now: datetime | None = 
     if trigger is None:
         raise ValueError(f"campaign {campaign.campaign_id!r} has no trigger")
     moment = now or datetime.now(UTC)
-    sending = (ItemState.planned.value, ItemState.queued.value, ItemState.sent.value, ItemState.unknown.value)
+    sending = SPENDING
     with store.session() as session:
         dispatch = session.scalar(
             sa.select(CampaignRow.dispatch_state).where(CampaignRow.campaign_id == campaign.campaign_id)

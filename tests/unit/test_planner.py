@@ -253,3 +253,16 @@ def test_send_now_takes_the_first_open_slot_or_the_end_of_quiet_hours() -> None:
     assert set(short.loc[berlin & (short["reason"] != "opted_out"), "reason"]) == {"quiet_hours"}
     berlin_long = long[(long["user_id"].map(zone) == "Europe/Berlin") & (long["reason"] != "opted_out")]
     assert (berlin_long["local_send_at"] == "2026-10-07T08:00:00+02:00").all()  # when quiet hours end
+
+
+def test_send_now_planned_after_its_window_opened_sends_from_now() -> None:
+    """A campaign system asks at 12:02:13.4 for a window that opened at 12:00: its users go now (to
+    the second), not at 12:15, the grid's next slot; a best-hour campaign keeps the grid."""
+    opened = datetime(2026, 10, 6, 12, 0, tzinfo=UTC)
+    asked = datetime(2026, 10, 6, 12, 2, 13, 400_000, tzinfo=UTC)
+    people = audience(100, 1, zones=["UTC", "Asia/Kolkata"])
+    items = plan(campaign(opened, hours=1, holdout=0.0, exploration=0.0, send="now"), people, asked)
+    sent = items[items["decision"] == "send"]
+    assert len(sent) and (sent["send_at"] == pd.Timestamp("2026-10-06T12:02:14Z")).all()
+    best = plan(campaign(opened, hours=1, holdout=0.0, exploration=0.0), people, asked)
+    assert (best.loc[best["decision"] == "send", "send_at"].dt.minute % 15 == 0).all()

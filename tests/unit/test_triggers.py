@@ -134,7 +134,7 @@ def test_a_firing_is_planned_after_its_delay_inside_its_own_window(app: tuple) -
     item = fired.loc["w-1"]
     assert item["decision"] == "send" and item["state"] == "planned" and item["reason"] is None
     assert item["fired_at"] == pd.Timestamp(at)
-    opens = pd.Timestamp(at + timedelta(hours=2)).ceil("min")
+    opens = pd.Timestamp(at + timedelta(hours=2))
     assert opens <= item["send_at"] < item["window_end"] == opens + pd.Timedelta(hours=6)
 
 
@@ -291,3 +291,40 @@ def test_only_live_triggers_fill_the_inbox(app: tuple) -> None:
         )
         assert list(kept) == ["wish-2"]
     assert client.get("/v1/campaigns/idle/trigger", headers=headers).json()["pending_events"] == 1
+
+
+def test_a_journey_chains_triggers_through_what_dispatch_sent(app: tuple) -> None:
+    """Welcome at sign-up (A); seven days after A was sent, a coupon unless the user bought (B). A's
+    send is made by dispatch's own scan and send step, its `push_sent` reaches the event store and
+    the trigger inbox through the outbox flush, and that fires B."""
+    from dispatch.control import flush_events
+    from dispatch.sending import scan_due, send_chunk
+
+    client, headers, settings = app
+    spec = triggered("journey-welcome", {"on": "signup"}, send="now", channels=["sandbox"])
+    start(client, headers, settings, spec)
+    follow = triggered(
+        "journey-coupon",
+        {"on": "push_sent", "on_campaign": "journey-welcome", "delay": "P7D", "unless": ["purchase"]},
+        channels=["sandbox"],
+    )
+    start(client, headers, settings, follow)
+    (user,) = users_in(settings, "Europe/London", 1)
+    at = datetime(2026, 10, 12, 10, 0, tzinfo=UTC)  # 11:00 in London
+    post(client, headers, [event("j-signup", user, "signup", at)])
+    store = PlanStore(settings)
+    fire_triggers(store, settings, now=at + timedelta(seconds=2))
+    welcome = items(settings, "journey-welcome").loc["j-signup"]
+    # Sent now: when the firing is planned, two seconds after the sign-up, not at the next 15-minute slot.
+    assert welcome["decision"] == "send" and welcome["send_at"] == pd.Timestamp(at + timedelta(seconds=2))
+
+    sent_at = at + timedelta(seconds=30)
+    for chunk in scan_due(store, settings, as_of=sent_at):
+        send_chunk(store, settings, chunk.plan_ids, chunk.claim, sent_at)
+    assert items(settings, "journey-welcome").loc["j-signup", "state"] == "sent"
+    assert flush_events(store, settings) >= 1
+    fire_triggers(store, settings, now=sent_at + timedelta(seconds=5))
+
+    (coupon,) = items(settings, "journey-coupon").itertuples()
+    assert coupon.fired_at == pd.Timestamp(sent_at) and coupon.decision == "send"
+    assert pd.Timestamp(sent_at) + pd.Timedelta(days=7) <= coupon.send_at < coupon.window_end
