@@ -1,5 +1,5 @@
-"""A pushplan campaign read back as an experiment: one row per randomized user, the funnel, and the
-logged decisions that off-policy estimates need.
+"""A pushplan campaign read back as an experiment: one row per randomized user (per firing, for a
+triggered campaign), the funnel, and the logged decisions that off-policy estimates need.
 
 Who is in the experiment: the planner (serving/planner.py) draws the holdout among users it could
 time, so everyone it skipped *before* that draw (opted out, no slot in the window, only quiet hours)
@@ -8,6 +8,12 @@ happened later: a treated user whose send was capped, expired or failed stays in
 ("intent to treat"), since leaving them out would compare the holdout with a filtered, better-reached
 group. Holdout items carry the slot, variant and channel they would have been sent, so breakdowns by
 variant, local send hour and channel compare like with like.
+
+A triggered campaign's unit is the firing: its arm is its user's (the holdout is drawn by campaign and
+user, so all of a user's firings share an arm), its outcomes are its user's events from the firing to
+its own window's end plus the horizon (an event counts for the user's latest firing before it), and
+`firing_day` (UTC) breaks results down by the day it fired. Firings the trigger's limits refused
+(`frequency`, `budget_spent`) were never planned, in either arm, and are left out like the skips above.
 
 Outcomes per user, counted from the window's start to its end plus a horizon:
 - `opened`, `clicked`, `converted`, `unsubscribed`: the campaign's own (attributed) events; a holdout
@@ -42,6 +48,9 @@ NOT_RANDOMIZED = (
     Reason.opted_out.value,
     Reason.no_window.value,
     Reason.quiet_hours.value,
+    # A trigger's limits refuse a firing before it is planned, whatever its arm would have been.
+    Reason.frequency.value,
+    Reason.budget_spent.value,
 )
 ATTRIBUTED = {
     "opened": EventType.push_opened,
@@ -87,7 +96,9 @@ class CampaignLog:
     # Per member item (not `not_in_audience`): user_id, the LABELS and each custom label held
     # (`label:<name>`, yes/no) as of the window's start.
     labels: pd.DataFrame
-    users: pd.DataFrame  # one row per randomized user: arm, outcomes, plan columns, segments, covariates
+    # One row per randomized item (a user; a firing of a triggered campaign), keyed by plan_id: arm,
+    # outcomes, plan columns, segments, covariates.
+    users: pd.DataFrame
     events: pd.DataFrame  # the campaign's attributed events in the span
     revenue_all: float  # every purchase in the span, by anyone: the denominator of "share of revenue"
     segments: list[str]  # columns of `users` worth a breakdown
@@ -118,7 +129,11 @@ def load_campaign_log(
     items = read_items(store, campaign_id)
     if items.empty:
         raise NothingToReport(f"campaign {campaign_id!r} has no plan items: plan it first")
-    span = (campaign.window.start, campaign.window.end + horizon)
+    trigger = campaign.trigger
+    # A firing's outcomes run to its own window's end plus the horizon; the last firing's window
+    # ends at most the delay and the send window after the campaign's.
+    reach = trigger.delay + trigger.send_within if trigger is not None else timedelta(0)
+    span = (campaign.window.start, campaign.window.end + reach + horizon)
     events = EventStore(settings)
     read = events.read_events(
         ["user_id", "event_type", "timestamp", "campaign_id", "variant_id", "channel", "value", "propensity"],
@@ -131,6 +146,7 @@ def load_campaign_log(
     randomized = items[~((items["decision"] == Decision.skip.value) & items["reason"].isin(NOT_RANDOMIZED))]
     users = pd.DataFrame(
         {
+            "plan_id": randomized["plan_id"].astype(str).to_numpy(),
             "user_id": randomized["user_id"].astype(str).to_numpy(),
             "arm": np.where(randomized["decision"] == Decision.holdout.value, HOLDOUT_ARM, CAMPAIGN_ARM),
             "variant_id": randomized["variant_id"].to_numpy(),
@@ -138,15 +154,22 @@ def load_campaign_log(
             "channel": planned_channel(randomized, campaign).to_numpy(),
         }
     )
-    for outcome, kind in ATTRIBUTED.items():
-        who = set(attributed.loc[attributed["event_type"] == kind.value, "user_id"].astype(str))
-        users[outcome] = users["user_id"].isin(who).astype(int)
-    spent = purchases.groupby(purchases["user_id"].astype(str))["value"].agg(["size", "sum"])
-    users["purchased"] = (users["user_id"].map(spent["size"]).fillna(0) > 0).astype(int)
-    users["revenue"] = users["user_id"].map(spent["sum"]).fillna(0.0).astype(float)
+    if trigger is None:
+        for outcome, kind in ATTRIBUTED.items():
+            who = set(attributed.loc[attributed["event_type"] == kind.value, "user_id"].astype(str))
+            users[outcome] = users["user_id"].isin(who).astype(int)
+        spent = purchases.groupby(purchases["user_id"].astype(str))["value"].agg(["size", "sum"])
+        users["purchased"] = (users["user_id"].map(spent["size"]).fillna(0) > 0).astype(int)
+        users["revenue"] = users["user_id"].map(spent["sum"]).fillna(0.0).astype(float)
+    else:
+        firings = randomized.reset_index(drop=True)
+        users["firing_day"] = pd.to_datetime(firings["fired_at"], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
+        outcomes = _firing_outcomes(firings, pd.concat([attributed, purchases]).drop_duplicates(), horizon)
+        users = pd.concat([users, outcomes], axis=1)
 
     # One read for every audience member; the randomized users (a subset) take their rows of it.
-    members = items.loc[items["reason"] != Reason.not_in_audience.value, "user_id"].astype(str).to_numpy()
+    member_items = items["reason"] != Reason.not_in_audience.value
+    members = pd.unique(items.loc[member_items, "user_id"].astype(str)) if len(items) else np.array([])
     read = _features_at(settings, list(members), campaign.window.start, (*FEATURE_REFS, CUSTOM_LABELS_REF))
     read.index = pd.Index(members)
     held = read.pop("labels") if "labels" in read else pd.Series(None, index=read.index, dtype=object)
@@ -190,7 +213,7 @@ def read_items(store: PlanStore, campaign_id: str) -> pd.DataFrame:
         frame = pd.DataFrame(connection.execute(query).mappings().all())
     if frame.empty:
         return pd.DataFrame(columns=[c.name for c in table.columns])
-    for column in ("send_at", "sent_at", "model_send_at"):
+    for column in ("send_at", "sent_at", "model_send_at", "fired_at", "window_end"):
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True)
     return frame
@@ -256,6 +279,41 @@ def funnel(log: CampaignLog) -> dict[str, object]:
             for r in by_reason.itertuples(index=False)
         ],
     }
+
+
+def _firing_outcomes(firings: pd.DataFrame, events: pd.DataFrame, horizon: timedelta) -> pd.DataFrame:
+    """Per firing of a triggered campaign (rows of `firings`, in order): its outcomes, from the events
+    of its user after it and before its window's end plus the horizon. An event belongs to the user's
+    latest firing at or before it, so a user who fires twice has no event counted twice."""
+    out = pd.DataFrame(0, index=range(len(firings)), columns=[*ATTRIBUTED, "purchased"])
+    out["revenue"] = 0.0
+    if firings.empty or events.empty:
+        return out
+    keyed = pd.DataFrame(
+        {
+            "row": np.arange(len(firings)),
+            "user_id": firings["user_id"].astype(str).to_numpy(),
+            "fired_at": pd.to_datetime(firings["fired_at"], utc=True).to_numpy(),
+            "until": (pd.to_datetime(firings["window_end"], utc=True) + horizon).to_numpy(),
+        }
+    ).sort_values("fired_at")
+    done = events.assign(
+        user_id=events["user_id"].astype(str), timestamp=pd.to_datetime(events["timestamp"], utc=True)
+    ).sort_values("timestamp")
+    done["timestamp"] = done["timestamp"].to_numpy()  # both sides as the same naive-UTC resolution
+    matched = pd.merge_asof(
+        done, keyed, left_on="timestamp", right_on="fired_at", by="user_id", direction="backward"
+    )
+    matched = matched[matched["row"].notna() & (matched["timestamp"] < matched["until"])]
+    rows = matched["row"].astype(int)
+    for outcome, kind in ATTRIBUTED.items():
+        hit = rows[(matched["event_type"] == kind.value).to_numpy()].unique()
+        out.loc[hit, outcome] = 1
+    bought = matched["event_type"] == EventType.purchase.value
+    out.loc[rows[bought.to_numpy()].unique(), "purchased"] = 1
+    revenue = matched.loc[bought, "value"].fillna(0.0).groupby(rows[bought.to_numpy()].to_numpy()).sum()
+    out.loc[revenue.index, "revenue"] = revenue.to_numpy(dtype=float)
+    return out
 
 
 def planned_channel(items: pd.DataFrame, campaign: Campaign) -> pd.Series:

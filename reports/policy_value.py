@@ -35,9 +35,9 @@ def campaign_policy_values(
     """The model's choice vs exploration among the sent, and the off-policy values of both policies."""
     campaign, items = log.campaign, log.items
     outcome = log.reward_outcome
-    reward_of = log.users.set_index("user_id")[outcome]
+    reward_of = log.users.set_index("plan_id")[outcome]  # per item: a triggered campaign's users fire again
     sent = items[(items["state"] == "sent") & (items["decision"] == "send")].copy()
-    sent["reward"] = sent["user_id"].astype(str).map(reward_of).fillna(0).to_numpy(dtype=float)
+    sent["reward"] = sent["plan_id"].astype(str).map(reward_of).fillna(0).to_numpy(dtype=float)
     deferred = sent["reason"] == Reason.deferred.value
     explored = sent["reason"] == Reason.exploration.value
     result: dict[str, Any] = {
@@ -116,7 +116,7 @@ def _direct_method(
     if reward.sum() < 10 or (len(reward) - reward.sum()) < 10:
         return None  # too few of one class to fit a reward model; IPS and SNIPS still stand
     variants = [v.variant_id for v in log.campaign.variants]
-    covariates = log.users.set_index("user_id").reindex(logged["user_id"].astype(str))[log.covariates]
+    covariates = log.users.set_index("plan_id").reindex(logged["plan_id"].astype(str))[log.covariates]
     base = covariates.reset_index(drop=True)
     for column in base.columns:
         if not pd.api.types.is_numeric_dtype(base[column]):
@@ -124,7 +124,7 @@ def _direct_method(
     zones = logged["timezone"].fillna("UTC").astype(str).to_numpy()
     logged_hour = _local_hours(logged["send_at"], zones)
     model_hour = _local_hours(logged["model_send_at"], zones)
-    allowed = _allowed_hours(log, quiet_start, quiet_end, zones)
+    allowed = _allowed_hours(log, logged, quiet_start, quiet_end, zones)
 
     def frame(variant: np.ndarray | str, hour: np.ndarray | int) -> pd.DataFrame:
         out = base.copy()
@@ -167,18 +167,36 @@ def _local_hours(instants: pd.Series, zones: np.ndarray) -> np.ndarray:
     return local_clock(naive_utc, zones)[0]
 
 
-def _allowed_hours(log: CampaignLog, quiet_start: int, quiet_end: int, zones: np.ndarray) -> np.ndarray:
-    """(rows × 24): the local hours the window offers in each row's zone outside quiet hours.
+def _allowed_hours(
+    log: CampaignLog, logged: pd.DataFrame, quiet_start: int, quiet_end: int, zones: np.ndarray
+) -> np.ndarray:
+    """(rows × 24): the local hours the window (a firing's own) offers in each row's zone outside
+    quiet hours.
 
     The planner also drops slots before the moment it planned; that moment is not stored, so the
     uniform policy here ranges over the whole window (a campaign planned at its start, as usual, is
     the same).
     """
     quiet = QuietHours(quiet_start, quiet_end).mask()
+    trigger = log.campaign.trigger
     start, end = pd.Timestamp(log.campaign.window.start), pd.Timestamp(log.campaign.window.end)
     out = np.zeros((len(zones), 24), dtype=bool)
-    for zone in pd.unique(zones):
-        offered = np.zeros(24, dtype=bool)
-        offered[window_slots(start, end, str(zone)).hour] = True  # the planner's own slots
-        out[zones == zone] = offered & ~quiet
+    if trigger is None:
+        windows = np.zeros(len(zones), dtype=np.int64)  # one window for every row
+        bounds = {0: (start, end)}
+    else:  # each firing's own window, from its stored end
+        ends = pd.to_datetime(logged["window_end"], utc=True)
+        windows = ends.astype("int64").to_numpy()
+        bounds = {
+            w: (pd.Timestamp(w, tz="UTC") - trigger.send_within, pd.Timestamp(w, tz="UTC"))
+            for w in set(windows)
+        }
+    for window, (first, last) in bounds.items():
+        for zone in pd.unique(zones):
+            rows = (zones == zone) & (windows == window)
+            if not rows.any():
+                continue
+            offered = np.zeros(24, dtype=bool)
+            offered[window_slots(first, last, str(zone)).hour] = True  # the planner's own slots
+            out[rows] = offered & ~quiet
     return out

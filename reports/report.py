@@ -148,6 +148,9 @@ def campaign_report(
         "holdout_fraction": campaign.holdout_fraction,
         "variants": {v.variant_id: v.title for v in campaign.variants},
     }
+    if campaign.trigger is not None:  # the unit is a firing; results by the day it fired too
+        source["trigger"] = campaign.trigger.model_dump(mode="json", exclude_none=True)
+        source["unit"] = "firing"
     title = f"Campaign {campaign.name} ({campaign.campaign_id})"
     # A segment with more values than a report can show (a zone list of hundreds) is left out, named.
     segments = [c for c in log.segments if log.users[c].nunique() <= MAX_SEGMENT_VALUES]
@@ -177,7 +180,7 @@ def campaign_report(
             "arm",
             HOLDOUT_ARM,
             list(OUTCOMES),
-            segments=[*PLAN_COLUMNS, *segments],
+            segments=[*PLAN_COLUMNS, *(["firing_day"] if campaign.trigger else []), *segments],
             expected_share={
                 HOLDOUT_ARM: campaign.holdout_fraction,
                 CAMPAIGN_ARM: 1 - campaign.holdout_fraction,

@@ -328,3 +328,52 @@ def test_a_journey_chains_triggers_through_what_dispatch_sent(app: tuple) -> Non
     (coupon,) = items(settings, "journey-coupon").itertuples()
     assert coupon.fired_at == pd.Timestamp(sent_at) and coupon.decision == "send"
     assert pd.Timestamp(sent_at) + pd.Timedelta(days=7) <= coupon.send_at < coupon.window_end
+
+
+def test_the_uplift_report_of_a_triggered_campaign_counts_each_firing_by_its_day(app: tuple) -> None:
+    """Half the users held out at firing; purchases counted per firing from the firing to its window's
+    end plus the horizon (not before it, not after), by the UTC day it fired."""
+    from reports.report import campaign_report
+
+    client, headers, settings = app
+    spec = triggered(
+        "abandoned", {"on": "cart_abandoned", "delay": "PT1H", "send_within": "PT2H"}, holdout_fraction=0.5
+    )
+    start(client, headers, settings, spec)
+    users = pd.read_parquet(settings.users_path, columns=["user_id"])["user_id"].tolist()[200:400]
+    day1, day2 = datetime(2026, 10, 14, 10, tzinfo=UTC), datetime(2026, 10, 15, 10, tzinfo=UTC)
+    fired_at = {u: (day1 if i < 100 else day2) + timedelta(seconds=i) for i, u in enumerate(users)}
+    post(client, headers, [event(f"ab-{u}", u, "cart_abandoned", at) for u, at in fired_at.items()])
+    store = PlanStore(settings)
+    fire_triggers(store, settings, now=day1 - timedelta(minutes=1))
+    fired = items(settings, "abandoned").set_index("user_id")
+    randomized = fired[fired["decision"].isin(["send", "holdout"])]
+    assert 0.35 < (randomized["decision"] == "holdout").mean() < 0.65
+
+    # Who buys: a third of each arm (by position), 2 hours after firing; everyone also bought a day
+    # before the firing and ten days after it, which no firing may count.
+    buys, expected = [], {}
+    for i, (user, row) in enumerate(randomized.iterrows()):
+        at = fired_at[user]
+        buys += [event(f"before-{user}", user, "purchase", at - timedelta(days=1), value=5.0)]
+        buys += [event(f"late-{user}", user, "purchase", at + timedelta(days=10), value=5.0)]
+        if i % 3 == 0:
+            buys.append(event(f"buy-{user}", user, "purchase", at + timedelta(hours=2), value=20.0))
+        expected[user] = (row["decision"], int(i % 3 == 0))
+    for first in range(0, len(buys), 200):
+        post(client, headers, buys[first : first + 200])
+
+    report = campaign_report(settings, "abandoned", horizon=timedelta(days=3))
+    truth = pd.DataFrame.from_dict(expected, orient="index", columns=["decision", "bought"])
+    bought = report["outcomes"]["purchased"]
+    assert bought["control"]["n"] == (truth["decision"] == "holdout").sum()
+    assert bought["control"]["mean"] == pytest.approx(
+        truth.loc[truth["decision"] == "holdout", "bought"].mean()
+    )
+    assert bought["arms"]["campaign"]["mean"] == pytest.approx(
+        truth.loc[truth["decision"] == "send", "bought"].mean()
+    )
+    assert report["source"]["unit"] == "firing" and report["source"]["trigger"]["on"] == "cart_abandoned"
+    by_day = report["segments"]["firing_day"]
+    assert set(by_day) == {"2026-10-14", "2026-10-15"}
+    assert by_day["2026-10-14"]["n"] + by_day["2026-10-15"]["n"] == len(truth)
