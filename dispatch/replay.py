@@ -47,8 +47,13 @@ def replay(
     step: timedelta = timedelta(minutes=30),
     drain_timeout_s: float = 300.0,
     enqueue: Callable[[list[object]], None] | None = None,
+    before_step: Callable[[datetime], None] | None = None,
 ) -> int:
     """Step the dispatch clock through the campaign's window; returns the chunks enqueued.
+
+    A triggered campaign's sends go on past its window by the trigger's delay and send window, and
+    `before_step(moment)` runs first at each step: the tour posts the events of the step there and
+    has the firing task plan them as of `moment`.
 
     Raises TimeoutError if the workers leave a step's items queued for `drain_timeout_s` (is a
     worker running?). Items whose sends were retried keep their lease; the next steps pick them up.
@@ -60,6 +65,8 @@ def replay(
             send_chunk_task.apply_async(args=args)
 
     end = campaign.window.end + (campaign.fallback_after or timedelta(0))
+    if campaign.trigger is not None:
+        end += campaign.trigger.delay + campaign.trigger.send_within
     steps = []
     moment: datetime = campaign.window.start
     while moment <= end:
@@ -69,6 +76,8 @@ def replay(
     with Progress(transient=True) as progress:
         task = progress.add_task(f"dispatching {campaign.campaign_id}", total=len(steps))
         for moment in steps:
+            if before_step is not None:
+                before_step(moment)
             for chunk in scan_due(store, settings, as_of=moment):
                 enqueue(chunk.args())
                 chunks += 1

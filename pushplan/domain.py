@@ -421,8 +421,6 @@ class Trigger(BaseModel):
             raise ValueError("delay must be from 0 to 30 days (P30D)")
         if not timedelta(minutes=1) <= self.send_within <= MAX_FIRING_WINDOW:
             raise ValueError("send_within must be from one minute (PT1M) to 7 days (P7D)")
-        if self.on in self.unless:
-            raise ValueError(f"{self.on!r} is both `on` and `unless`")
         return self
 
     def listens(self) -> list[str]:

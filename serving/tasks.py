@@ -4,6 +4,7 @@ firing task of triggered campaigns."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from dispatch.celery_app import app
 from pushplan.db.store import PlanStore
@@ -30,17 +31,20 @@ def plan_partition_task(job_id: str, partition: int) -> int:
 
 
 @app.task(name="serving.tasks.fire_triggers_task", acks_late=True, ignore_result=True)
-def fire_triggers_task() -> int:
+def fire_triggers_task(as_of: str | None = None) -> int:
     """Turn pending trigger-inbox events into plan items; safe to run twice or at once (claims and
-    one item per firing); started by each batch of events and by beat. Returns events processed."""
+    one item per firing); started by each batch of events and by beat. `as_of` is the clock firings
+    are planned by (the wall clock in service; a simulated one when replaying a past day, as the
+    tour does). Returns events processed."""
     settings = get_settings()
     store = _store(settings)
-    prune(store, keep=INBOX_KEEP)
+    moment = datetime.fromisoformat(as_of) if as_of else datetime.now(UTC)
+    prune(store, keep=INBOX_KEEP, now=moment)
     if not pending_count(store):  # the usual beat tick: nothing arrived, nothing to load
         return 0
     from serving.triggers import fire_triggers  # planning loads Feast and MLflow: only when it runs
 
-    summary = fire_triggers(store, settings)
+    summary = fire_triggers(store, settings, now=moment)
     if summary.events:
         log.info("trigger firings of %d events: %s", summary.events, dict(summary.outcomes))
     return summary.events

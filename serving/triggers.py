@@ -173,7 +173,9 @@ def _cancel_on_unless(
                         PlanItemRow.user_id == user_id,
                         PlanItemRow.decision == Decision.send.value,
                         PlanItemRow.state == ItemState.planned.value,
-                        PlanItemRow.fired_at <= at.to_pydatetime(),
+                        # After the firing: `on` and `unless` may name the same event (a follow-up
+                        # to a purchase unless another purchase), and the firing's own is not "another".
+                        PlanItemRow.fired_at < at.to_pydatetime(),
                         PlanItemRow.send_at > at.to_pydatetime(),
                     )
                     .values(
@@ -407,7 +409,7 @@ def _cancelled_if_done(store: PlanStore, campaign: Campaign, items: pd.DataFrame
             sa.select(TriggerInboxRow.user_id, TriggerInboxRow.event_type, TriggerInboxRow.timestamp).where(
                 TriggerInboxRow.user_id.in_(sends["user_id"].unique().tolist()),
                 TriggerInboxRow.event_type.in_(trigger.unless),
-                TriggerInboxRow.timestamp >= pd.Timestamp(sends["fired_at"].min()).to_pydatetime(),
+                TriggerInboxRow.timestamp > pd.Timestamp(sends["fired_at"].min()).to_pydatetime(),
             )
         ).all()
     if not done:
@@ -418,7 +420,7 @@ def _cancelled_if_done(store: PlanStore, campaign: Campaign, items: pd.DataFrame
     for index, row in sends.iterrows():
         mine = after[
             (after["user_id"] == row["user_id"])
-            & (after["at"] >= pd.Timestamp(row["fired_at"]))
+            & (after["at"] > pd.Timestamp(row["fired_at"]))
             & (after["at"] < pd.Timestamp(row["send_at"]))
         ]
         if not mine.empty:

@@ -377,3 +377,25 @@ def test_the_uplift_report_of_a_triggered_campaign_counts_each_firing_by_its_day
     by_day = report["segments"]["firing_day"]
     assert set(by_day) == {"2026-10-14", "2026-10-15"}
     assert by_day["2026-10-14"]["n"] + by_day["2026-10-15"]["n"] == len(truth)
+
+
+def test_a_follow_up_to_an_event_unless_the_same_event_again(app: tuple) -> None:
+    """on: purchase, unless: purchase (the tour's follow-up): a firing is not cancelled by its own
+    purchase, only by a later one; the later one fires nothing within once_per_user_days."""
+    client, headers, settings = app
+    spec = triggered(
+        "after-purchase",
+        {"on": "purchase", "delay": "PT24H", "unless": ["purchase"], "once_per_user_days": 1},
+    )
+    start(client, headers, settings, spec)
+    x, y = users_in(settings, "Europe/Berlin", 2)
+    at = datetime(2026, 10, 20, 9, tzinfo=UTC)
+    post(client, headers, [event("p-x1", x, "purchase", at), event("p-y1", y, "purchase", at)])
+    store = PlanStore(settings)
+    fire_triggers(store, settings, now=at + timedelta(minutes=1))
+    post(client, headers, [event("p-x2", x, "purchase", at + timedelta(hours=3))])
+    fire_triggers(store, settings, now=at + timedelta(hours=3, minutes=1))
+    fired = items(settings, "after-purchase")
+    assert fired.loc["p-y1", ["state", "reason"]].tolist() == ["planned", None]
+    assert fired.loc["p-x1", ["state", "reason"]].tolist() == ["cancelled", "condition_met"]
+    assert fired.loc["p-x2", ["decision", "reason"]].tolist() == ["skip", "frequency"]
