@@ -280,9 +280,15 @@ def _plan_firings(
     # planner pass: at a thousand events a second, one pass per second); a user twice in one second
     # goes in separate passes, one item per firing. A window opens no earlier than the delay says.
     opens = (planned["timestamp"] + trigger.delay).dt.ceil("s")
+    planned_at = pd.Timestamp(now).ceil("s")
     for opening, group in planned.groupby(opens, sort=True):
+        closing = opening + trigger.send_within
+        # A window that opened before the firing was planned (a delay of 0, a task running late)
+        # opens now: its first slot is now itself, not the next slot of the grid, which a short
+        # window may not even hold.
         window = SendWindow(
-            start=opening.to_pydatetime(), end=(opening + trigger.send_within).to_pydatetime()
+            start=(planned_at if opening < planned_at < closing else opening).to_pydatetime(),
+            end=closing.to_pydatetime(),
         )
         # The campaign as the planner sees one firing: its window, and no trigger (a campaign with
         # one is refused by the plan path, which only this task may plan through).

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from pushplan.db.engine import migrate
 from pushplan.db.schema import PlanItemRow
 from pushplan.db.store import PlanStore
 from pushplan.settings import Profile, Settings
+from tests.receiver import CountingReceiver
 from tests.services import RedisServer, scratch_database
 
 FINAL = {"sent", "suppressed", "failed", "unknown", "cancelled"}
@@ -138,3 +139,20 @@ def deployed(profile: Profile, data_dir: Path, **overrides: str) -> Iterator[Dep
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
             store.engine.dispose()
+
+
+def webhook_deployment(
+    profile: Profile, tmp_path: Path, receiver: CountingReceiver, **overrides: str
+) -> AbstractContextManager[Deployment]:
+    """`deployed` with the webhook channel pointed at `receiver` (signed, 1,000 calls a second)."""
+    return deployed(
+        profile,
+        tmp_path / "data",
+        webhook_url=receiver.url,
+        webhook_secret="s3cret",
+        channel_rate_per_second='{"webhook": 1000}',
+        # The receiver answers within 0.1 s; a short timeout keeps the lease a send step holds (at
+        # least twice the timeout) short, so a killed worker's chunk is handed out again soon.
+        channel_timeout_seconds="1",
+        **overrides,
+    )

@@ -32,7 +32,7 @@ from cli.demo import free_port
 from dispatch.control import control
 from pushplan.db.schema import PlanItemRow
 from pushplan.settings import Profile
-from tests.dispatch_processes import Deployment, deployed
+from tests.dispatch_processes import Deployment, deployed, webhook_deployment
 from tests.dispatch_setup import campaign, send_items, store_campaign
 from tests.receiver import CountingReceiver
 
@@ -47,20 +47,6 @@ PROCESSES = 2  # pool processes per worker: each can hold one call in doubt when
 def receiver() -> Iterator[CountingReceiver]:
     with CountingReceiver(delay_s=0.04) as found:
         yield found
-
-
-def webhook_deployment(profile: Profile, tmp_path: Path, receiver: CountingReceiver, **overrides: str):  # type: ignore[no-untyped-def]
-    return deployed(
-        profile,
-        tmp_path / "data",
-        webhook_url=receiver.url,
-        webhook_secret="s3cret",
-        channel_rate_per_second='{"webhook": 1000}',
-        # The receiver answers within 0.1 s; a short timeout keeps the lease a send step holds (at
-        # least twice the timeout) short, so a killed worker's chunk is handed out again soon.
-        channel_timeout_seconds="1",
-        **overrides,
-    )
 
 
 def plan_webhook_campaign(

@@ -399,3 +399,19 @@ def test_a_follow_up_to_an_event_unless_the_same_event_again(app: tuple) -> None
     assert fired.loc["p-y1", ["state", "reason"]].tolist() == ["planned", None]
     assert fired.loc["p-x1", ["state", "reason"]].tolist() == ["cancelled", "condition_met"]
     assert fired.loc["p-x2", ["decision", "reason"]].tolist() == ["skip", "frequency"]
+
+
+def test_a_window_that_opened_before_the_firing_was_planned_opens_then(app: tuple) -> None:
+    """Delay 0 and ten minutes to send: planned 30 seconds after the event, the firing goes at once,
+    not at the next 15-minute slot (which this window may not hold); past its end, `no_window`."""
+    client, headers, settings = app
+    start(client, headers, settings, triggered("instant", {"on": "trial_started", "send_within": "PT10M"}))
+    u1, u2 = users_in(settings, "Asia/Tokyo", 2)
+    at = datetime(2026, 10, 21, 3, 7, 10, tzinfo=UTC)  # 12:07 in Tokyo
+    post(client, headers, [event("t-1", u1, "trial_started", at)])
+    fire_triggers(PlanStore(settings), settings, now=at + timedelta(seconds=30, milliseconds=200))
+    post(client, headers, [event("t-2", u2, "trial_started", at)])
+    fire_triggers(PlanStore(settings), settings, now=at + timedelta(minutes=11))
+    fired = items(settings, "instant")
+    assert fired.loc["t-1", "send_at"] == pd.Timestamp(at + timedelta(seconds=31))
+    assert fired.loc["t-2", ["decision", "reason"]].tolist() == ["skip", "no_window"]
