@@ -478,7 +478,9 @@ def events_in_file(path: Path, columns: Sequence[str], event_types: Iterable[str
         keep_default_na=False,
         encoding="utf-8-sig",
     )
-    return frame[frame["event_type"].str.strip().isin(types)].replace({"": None})
+    # As the import read them: cells stripped, an empty one missing.
+    frame = frame.apply(lambda column: column.str.strip()).replace({"": None})
+    return frame[frame["event_type"].isin(types)]
 
 
 def _refusal(path: Path, problems: list, total: int) -> ImportRefused:

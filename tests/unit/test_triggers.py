@@ -415,3 +415,29 @@ def test_a_window_that_opened_before_the_firing_was_planned_opens_then(app: tupl
     fired = items(settings, "instant")
     assert fired.loc["t-1", "send_at"] == pd.Timestamp(at + timedelta(seconds=31))
     assert fired.loc["t-2", ["decision", "reason"]].tolist() == ["skip", "no_window"]
+
+
+def test_imported_events_fire_like_posted_ones_and_a_reimport_fires_nothing(
+    app: tuple, tmp_path: Path
+) -> None:
+    """`pushplan events import` of a CSV: the stored events of live triggers reach the inbox (cells
+    read as the import reads them), fire once, and importing the file again fires nothing."""
+    from cli.events import _note_for_triggers
+    from features.event_store import EventStore
+
+    client, headers, settings = app
+    start(client, headers, settings, triggered("imported", {"on": "referral_sent", "where": "friends >= 2"}))
+    u1, u2 = users_in(settings, "Europe/Berlin", 2)
+    path = tmp_path / "referrals.csv"
+    path.write_text(
+        "event_id,user_id,event_type,timestamp,properties\n"
+        f'ref-1,{u1}, referral_sent ,2026-10-22T08:00:00Z,"{{""friends"": 3}}"\n'
+        f'ref-2,{u2},referral_sent,2026-10-22T08:01:00Z,"{{""friends"": 1}}"\n'
+    )
+    store = PlanStore(settings)
+    for _ in range(2):
+        EventStore(settings).import_file(path)
+        _note_for_triggers(settings, path)
+        fire_triggers(store, settings, now=datetime(2026, 10, 22, 8, 5, tzinfo=UTC))
+    fired = items(settings, "imported")
+    assert list(fired.index) == ["ref-1"] and fired.loc["ref-1", "decision"] == "send"
