@@ -25,7 +25,6 @@ from pushplan.db.trigger_inbox import note_events
 from pushplan.domain import Channel, EventType
 from pushplan.settings import Settings
 from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, unprocessable
-from serving.tasks import fire_triggers_task
 
 router = APIRouter(tags=["events"])
 
@@ -96,6 +95,10 @@ def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: Cam
         # Live triggers' events to the inbox, and the firing task started: firings are planned by a
         # worker, never in this request (beat runs the task too, should this message be lost).
         if note_events(store, frame):
+            # Imported here, as the plan-job route does: importing the tasks module evaluates the
+            # Celery app's configuration, which must wait for the process's settings.
+            from serving.tasks import fire_triggers_task
+
             fire_triggers_task.apply_async()
     return EventsAccepted(received=result.rows, stored=result.stored, already_stored=result.already_stored)
 

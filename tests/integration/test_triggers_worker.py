@@ -60,6 +60,9 @@ def test_a_triggered_campaign_fires_cancels_and_sends_once_with_a_real_worker(
             },
             "holdout_fraction": 0.0,
             "exploration": 0.0,
+            # At the window's start: a best-time slot may be the next hour's, minutes away (the unit
+            # tests choose best times; this one is about firing, cancelling and sending once).
+            "send": "now",
             "trigger": {
                 "on": "coupon_claimed",
                 "where": "amount >= 10",

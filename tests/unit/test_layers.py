@@ -44,3 +44,18 @@ def test_the_walk_sees_an_import_inside_a_function(tmp_path: Path) -> None:
     source = tmp_path / "upward.py"
     source.write_text("def f():\n    from serving.planner import plan\n    import cli.main\n")
     assert imported_packages(source) == [(2, "serving"), (3, "cli")]
+
+
+def test_importing_the_service_leaves_celery_unconfigured() -> None:
+    """The Celery app reads the settings when first configured; a module that configures it at import
+    (a task evaluated at module level) would fix a test run's or a server's broker before its settings
+    are known, and send its tasks to another data dir's queue. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import serving.app, serving.routes.events, serving.routes.dispatch, cli.main\n"
+        "from dispatch.celery_app import app\n"
+        "raise SystemExit(1 if app.configured else 0)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
