@@ -9,9 +9,7 @@ themselves are a handful of pandas expressions.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -21,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pushplan.domain import Channel, event_name_problem
+from pushplan.domain import Channel, event_name_problem, properties_problem
 
 
 class Kind(StrEnum):
@@ -52,9 +50,6 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 
-# `properties`: at most this many bytes of JSON, keys that rules can name, values a rule can compare.
-MAX_PROPERTIES_BYTES = 2_048
-PROPERTY_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 MAX_REPORTED_PROBLEMS = 5
 # A clock time followed by Z or an offset; a date alone, or a time without an offset, names no instant.
@@ -260,31 +255,6 @@ def _event_names(chk: _Checker, names: pd.Series) -> None:
     unique = {name: event_name_problem(name) for name in pd.unique(names.dropna())}
     bad = names.map(lambda name: unique.get(name) is not None if isinstance(name, str) else False)
     chk.flag(bad.to_numpy(dtype=bool), "event_type", lambda i: unique[names.iloc[i]])
-
-
-def properties_problem(value: object) -> tuple[str | None, str | None]:
-    """(the properties as compact JSON with sorted keys, None) or (None, what is wrong with them).
-
-    A flat object: rules compare its values (`amount > 10`, `plan = "gold"`), so each is a string,
-    a finite number, true/false or null, under a key a rule can name."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            return None, f"is not JSON ({exc.msg} at character {exc.pos})"
-    if not isinstance(value, dict):
-        return None, f"must be a JSON object, not {type(value).__name__}"
-    for key, item in value.items():
-        if not PROPERTY_KEY.match(str(key)):
-            return None, f"key {key!r} is not a name (letters, digits and _, not a digit first, at most 64)"
-        if isinstance(item, float) and not math.isfinite(item):
-            return None, f"{key!r} is not finite"
-        if not isinstance(item, str | int | float | bool) and item is not None:
-            return None, f"{key!r} is a {type(item).__name__}: values are text, numbers, true/false or null"
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode()) > MAX_PROPERTIES_BYTES:
-        return None, f"is {len(text.encode())} bytes as JSON, more than {MAX_PROPERTIES_BYTES}"
-    return text, None
 
 
 def _properties(chk: _Checker, values: pd.Series) -> pd.Series:

@@ -12,7 +12,6 @@ items: a worker that dies leaves them to be claimed again once the lease lapses.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,15 +21,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pushplan.db.schema import CampaignRow, TriggerInboxRow
 from pushplan.db.store import PlanStore
-from pushplan.domain import MAX_TRIGGER_DELAY, DispatchState
+from pushplan.domain import MAX_TRIGGER_DELAY, DispatchState, properties_problem
 
 # Triggers listen while their campaign is running; a paused one still fires (its sends wait).
 LIVE = (DispatchState.running.value, DispatchState.paused.value)
 _BATCH = 1_000
-# Processed events are kept this long after they happened: an `unless` looks back at most the longest
-# delay, and a firing task that lags a little still finds them.
 # What the inbox keeps of an event.
 INBOX_COLUMNS = ("event_id", "user_id", "event_type", "timestamp", "campaign_id", "properties")
+# Processed events are kept this long after they happened: an `unless` looks back at most the longest
+# delay, and a firing task that lags a little still finds them.
 INBOX_KEEP = MAX_TRIGGER_DELAY + timedelta(days=1)
 
 
@@ -108,10 +107,14 @@ def _text(value: object) -> str | None:
 
 
 def _properties(value: object) -> str | None:
-    """Stored as the event store keeps them: compact JSON text (an object from the API is dumped)."""
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return _text(value)
+    """As the event store keeps them: the contract's compact JSON (an object from the API, or a file's
+    text as written), from the one normaliser the import validates with."""
+    if _text(value) is None:
+        return None
+    text, problem = properties_problem(value)
+    if problem is not None:  # validated by the import before it got here: not a user's error
+        raise ValueError(f"properties {problem}")
+    return text
 
 
 def pending_count(store: PlanStore) -> int:

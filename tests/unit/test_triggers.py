@@ -441,3 +441,8 @@ def test_imported_events_fire_like_posted_ones_and_a_reimport_fires_nothing(
         fire_triggers(store, settings, now=datetime(2026, 10, 22, 8, 5, tzinfo=UTC))
     fired = items(settings, "imported")
     assert list(fired.index) == ["ref-1"] and fired.loc["ref-1", "decision"] == "send"
+    with store.session() as session:
+        kept = session.scalar(
+            sa.select(TriggerInboxRow.properties).where(TriggerInboxRow.event_id == "ref-1")
+        )
+    assert kept == '{"friends":3}'  # the event store's own form, not the file's text
