@@ -169,7 +169,7 @@ def load_campaign_log(
 
     # One read for every audience member; the randomized users (a subset) take their rows of it.
     member_items = items["reason"] != Reason.not_in_audience.value
-    members = pd.unique(items.loc[member_items, "user_id"].astype(str)) if len(items) else np.array([])
+    members = pd.unique(items.loc[member_items, "user_id"].astype(str))  # a user once, however often fired
     read = _features_at(settings, list(members), campaign.window.start, (*FEATURE_REFS, CUSTOM_LABELS_REF))
     read.index = pd.Index(members)
     held = read.pop("labels") if "labels" in read else pd.Series(None, index=read.index, dtype=object)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -38,18 +38,15 @@ from pydantic import BaseModel, Field
 
 from features.audiences import compile_for, select
 from pushplan.audience_rules import evaluate, parse
+from pushplan.db.plan_items import HOLDING
 from pushplan.db.schema import CampaignRow, PlanItemRow, TriggerInboxRow
 from pushplan.db.store import PlanStore
-from pushplan.db.trigger_inbox import INBOX_COLUMNS, LIVE
+from pushplan.db.trigger_inbox import INBOX_COLUMNS, LIVE_TRIGGER
 from pushplan.domain import Campaign, Decision, DispatchState, ItemState, Reason, SendWindow
 from pushplan.settings import Settings
 from serving.capped_plan import plan_users
 from serving.planner import PLAN_NAMESPACE, holdout_draw
 from serving.scoring import ModelSet, models_of
-
-# Sends that spend a trigger's budget: to go, on their way, gone or maybe gone (not cancelled, failed
-# or skipped at dispatch).
-SPENDING = (ItemState.planned.value, ItemState.queued.value, ItemState.sent.value, ItemState.unknown.value)
 
 
 @dataclass
@@ -102,39 +99,39 @@ def fire_triggers(
 def live_triggered(store: PlanStore) -> list[Campaign]:
     """Triggered campaigns that listen now: running, or paused (their firings wait to be sent)."""
     with store.session() as session:
-        rows = session.scalars(
-            sa.select(CampaignRow).where(
-                CampaignRow.trigger_events.is_not(None), CampaignRow.dispatch_state.in_(LIVE)
-            )
-        ).all()
+        rows = session.scalars(sa.select(CampaignRow).where(LIVE_TRIGGER)).all()
         return [Campaign.stored(row.spec) for row in rows]
 
 
 def _claim(store: PlanStore, settings: Settings, limit: int) -> tuple[str, pd.DataFrame]:
-    """Pending events (never claimed, or whose claim's lease lapsed) under a fresh claim, oldest first."""
+    """Pending events (never claimed, or whose claim's lease lapsed) under a fresh claim, oldest first.
+
+    The UPDATE repeats the pending condition and the rows are read back by the claim, as the due-scan
+    does: SQLite has no SKIP LOCKED, so two tasks may select the same ids, and only the first to
+    write takes them."""
     now = datetime.now(UTC)
     claim = str(uuid.uuid4())
+    pending = sa.and_(
+        TriggerInboxRow.processed_at.is_(None),
+        sa.or_(TriggerInboxRow.lease_until.is_(None), TriggerInboxRow.lease_until < now),
+    )
     with store.session() as session:
         ids = session.scalars(
             sa.select(TriggerInboxRow.event_id)
-            .where(
-                TriggerInboxRow.processed_at.is_(None),
-                sa.or_(TriggerInboxRow.lease_until.is_(None), TriggerInboxRow.lease_until < now),
-            )
+            .where(pending)
             .order_by(TriggerInboxRow.timestamp, TriggerInboxRow.event_id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        if not ids:
-            return claim, pd.DataFrame(columns=list(INBOX_COLUMNS))
-        session.execute(
-            sa.update(TriggerInboxRow)
-            .where(TriggerInboxRow.event_id.in_(ids))
-            .values(claim=claim, lease_until=now + timedelta(seconds=settings.dispatch_lease_seconds))
-        )
+        if ids:
+            session.execute(
+                sa.update(TriggerInboxRow)
+                .where(TriggerInboxRow.event_id.in_(ids), pending)
+                .values(claim=claim, lease_until=now + timedelta(seconds=settings.dispatch_lease_seconds))
+            )
         rows = session.execute(
             sa.select(*(getattr(TriggerInboxRow, c) for c in INBOX_COLUMNS))
-            .where(TriggerInboxRow.event_id.in_(ids))
+            .where(TriggerInboxRow.claim == claim)
             .order_by(TriggerInboxRow.timestamp, TriggerInboxRow.event_id)
         ).all()
     events = pd.DataFrame(rows, columns=list(INBOX_COLUMNS))
@@ -366,7 +363,7 @@ class _Limits:
                 sa.select(PlanItemRow.user_id).where(
                     PlanItemRow.campaign_id == campaign.campaign_id,
                     PlanItemRow.decision == Decision.send.value,
-                    PlanItemRow.state.in_(SPENDING),
+                    PlanItemRow.state.in_(HOLDING),
                 )
             ).all()
         return cls(
@@ -439,10 +436,14 @@ def _cancelled_if_done(store: PlanStore, campaign: Campaign, items: pd.DataFrame
     return items
 
 
+def _outcome(decision: str, reason: object) -> str:
+    """What became of a firing: send (explored or not), holdout, or why it does not send."""
+    return reason if isinstance(reason, str) and reason != Reason.exploration.value else decision
+
+
 def _outcomes(items: pd.DataFrame) -> dict[str, int]:
-    """Items by what became of the firing: send (explored or not), holdout, or why it does not send."""
-    reasons = items["reason"].where(items["reason"] != Reason.exploration.value)
-    return reasons.fillna(items["decision"]).value_counts().to_dict()
+    """Items by what became of their firing (`_outcome`)."""
+    return dict(Counter(map(_outcome, items["decision"], items["reason"])))
 
 
 def _utc(moment: datetime) -> pd.Timestamp:
@@ -482,7 +483,6 @@ def trigger_status(store: PlanStore, campaign: Campaign, now: datetime | None = 
     if trigger is None:
         raise ValueError(f"campaign {campaign.campaign_id!r} has no trigger")
     moment = now or datetime.now(UTC)
-    sending = SPENDING
     with store.session() as session:
         dispatch = session.scalar(
             sa.select(CampaignRow.dispatch_state).where(CampaignRow.campaign_id == campaign.campaign_id)
@@ -496,7 +496,7 @@ def trigger_status(store: PlanStore, campaign: Campaign, now: datetime | None = 
             sa.select(sa.func.count(sa.distinct(PlanItemRow.user_id))).where(
                 PlanItemRow.campaign_id == campaign.campaign_id,
                 PlanItemRow.decision == Decision.send.value,
-                PlanItemRow.state.in_(sending),
+                PlanItemRow.state.in_(HOLDING),
             )
         )
         pending = session.scalar(
@@ -507,9 +507,8 @@ def trigger_status(store: PlanStore, campaign: Campaign, now: datetime | None = 
     by_outcome: dict[str, int] = defaultdict(int)
     sends = 0
     for decision, reason, state, count in rows:
-        outcome = reason if reason not in (None, Reason.exploration.value) else decision
-        by_outcome[outcome] += int(count)
-        if decision == Decision.send.value and state in sending:
+        by_outcome[_outcome(decision, reason)] += int(count)
+        if decision == Decision.send.value and state in HOLDING:
             sends += int(count)
     users = int(users_sent or 0)
     spent = None

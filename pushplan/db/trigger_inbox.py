@@ -25,6 +25,7 @@ from pushplan.domain import MAX_TRIGGER_DELAY, DispatchState, properties_problem
 
 # Triggers listen while their campaign is running; a paused one still fires (its sends wait).
 LIVE = (DispatchState.running.value, DispatchState.paused.value)
+LIVE_TRIGGER = sa.and_(CampaignRow.trigger_events.is_not(None), CampaignRow.dispatch_state.in_(LIVE))
 _BATCH = 1_000
 # What the inbox keeps of an event.
 INBOX_COLUMNS = ("event_id", "user_id", "event_type", "timestamp", "campaign_id", "properties")
@@ -36,11 +37,7 @@ INBOX_KEEP = MAX_TRIGGER_DELAY + timedelta(days=1)
 def listened_events(store: PlanStore) -> set[str]:
     """The event names live triggers read (their `on` and `unless`)."""
     with store.session() as session:
-        rows = session.scalars(
-            sa.select(CampaignRow.trigger_events).where(
-                CampaignRow.trigger_events.is_not(None), CampaignRow.dispatch_state.in_(LIVE)
-            )
-        ).all()
+        rows = session.scalars(sa.select(CampaignRow.trigger_events).where(LIVE_TRIGGER)).all()
     return {name for row in rows if row for name in row.split()}
 
 
