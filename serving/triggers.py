@@ -367,7 +367,7 @@ class _Limits:
                 )
             ).all()
         return cls(
-            {user: _utc(at) for user, at in last if at is not None},
+            {user: pd.to_datetime(at, utc=True) for user, at in last if at is not None},
             len(sent),
             {user for (user,) in sent},
         )
@@ -444,11 +444,6 @@ def _outcome(decision: str, reason: object) -> str:
 def _outcomes(items: pd.DataFrame) -> dict[str, int]:
     """Items by what became of their firing (`_outcome`)."""
     return dict(Counter(map(_outcome, items["decision"], items["reason"])))
-
-
-def _utc(moment: datetime) -> pd.Timestamp:
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp  # SQLite keeps no zone; we store UTC
 
 
 class TriggerState(StrEnum):
