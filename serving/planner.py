@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -232,10 +233,19 @@ def plan(
     )
 
 
-def plan_ids(campaign_id: str, user_ids: np.ndarray) -> np.ndarray:
-    """The item id of each (campaign, user): stable, so re-planning a user updates one item."""
-    ids = [str(uuid.uuid5(PLAN_NAMESPACE, f"{campaign_id}\x1f{user}")) for user in user_ids]
-    return np.array(ids, dtype=object)
+def plan_ids(
+    campaign_id: str, user_ids: Iterable[str], firing_ids: Iterable[str] | None = None
+) -> np.ndarray:
+    """The item id of each (campaign, user), or of each (campaign, user, firing) of a triggered
+    campaign: stable, so re-planning a user, or replaying an event, names the item it already made."""
+    keys = (
+        [f"{campaign_id}\x1f{user}" for user in user_ids]
+        if firing_ids is None
+        else [
+            f"{campaign_id}\x1f{user}\x1f{firing}" for user, firing in zip(user_ids, firing_ids, strict=True)
+        ]
+    )
+    return np.array([str(uuid.uuid5(PLAN_NAMESPACE, key)) for key in keys], dtype=object)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from pushplan.db.trigger_inbox import INBOX_COLUMNS, LIVE_TRIGGER
 from pushplan.domain import Campaign, Decision, DispatchState, ItemState, Reason, SendWindow
 from pushplan.settings import Settings
 from serving.capped_plan import plan_users
-from serving.planner import PLAN_NAMESPACE, holdout_draw
+from serving.planner import holdout_draw, plan_ids
 from serving.scoring import ModelSet, models_of
 
 
@@ -59,11 +59,6 @@ class FiringSummary:
     def add(self, campaign_id: str, outcome: str, count: int = 1) -> None:
         if count:
             self.outcomes[campaign_id][outcome] = self.outcomes[campaign_id].get(outcome, 0) + count
-
-
-def firing_plan_id(campaign_id: str, user_id: str, firing_id: str) -> str:
-    """A firing's item id: stable, so a replayed event names the item it already made."""
-    return str(uuid.uuid5(PLAN_NAMESPACE, f"{campaign_id}\x1f{user_id}\x1f{firing_id}"))
 
 
 def fire_triggers(
@@ -317,16 +312,13 @@ def _as_firings(
     items["firing_id"] = part["event_id"].to_numpy()
     items["fired_at"] = part["timestamp"].to_numpy()
     items["window_end"] = pd.Timestamp(window_end)
-    items["plan_id"] = [
-        firing_plan_id(campaign.campaign_id, u, f)
-        for u, f in zip(items["user_id"], items["firing_id"], strict=True)
-    ]
+    items["plan_id"] = plan_ids(campaign.campaign_id, items["user_id"], items["firing_id"])
     return items
 
 
 def _skip_item(campaign: Campaign, firing: pd.Series, reason: Reason) -> dict[str, Any]:
     return {
-        "plan_id": firing_plan_id(campaign.campaign_id, firing["user_id"], firing["event_id"]),
+        "plan_id": plan_ids(campaign.campaign_id, [firing["user_id"]], [firing["event_id"]])[0],
         "campaign_id": campaign.campaign_id,
         "user_id": firing["user_id"],
         "decision": Decision.skip.value,
