@@ -2,6 +2,8 @@
 
 Layout (both profiles; Feast's offline store reads the same files):
     <data_dir>/events/event_date=YYYY-MM-DD/part-<import id>.parquet   (hive partitions, UTC date)
+    <data_dir>/events/event_date=YYYY-MM-DD/compact-<id>.parquet       (merged parts: event_parts)
+    <data_dir>/events/_store_id                                           (the store the index is of)
     <data_dir>/users/users.parquet                                        (one row per user)
 
     <data_dir>/catalogue/variants.parquet                                 variants of imported campaigns
@@ -9,9 +11,10 @@ Layout (both profiles; Feast's offline store reads the same files):
 
 An import streams its file in chunks, validates every row and stages what is new under
 <data_dir>/staging/; only when the whole file is valid are the staged files moved into place
-(an atomic rename per partition file). A refused file therefore leaves the store as it was. If the
-process dies in the middle of the moves, re-running the same import completes it: rows are
-de-duplicated on `event_id`, so nothing is stored twice.
+(an atomic rename per partition file). A refused file therefore leaves the store as it was. Rows are
+de-duplicated on `event_id` through the index of stored ids (features.event_index) in the plan
+store's database; if the process dies in the middle of the moves, the next import reconciles the
+index with what made it into place, and re-running the same import completes it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from features.event_index import EventIndex
+from features.event_parts import compact_day, live_files
 from features.schema import (
     EVENT_SCHEMA,
     TEXT,
@@ -234,7 +239,29 @@ class EventStore:
 
     def _import_events(self, source: _Source, bar: Progress | None, task: object) -> ImportResult:
         stage = self.settings.staging_dir / uuid.uuid4().hex
-        known = self._stored_event_ids()
+        index = EventIndex(self.settings)
+        index.prepare(self.events_dir, self._stored_ids())
+        try:
+            rows, stored = self._stage_events(source, bar, task, stage, index)
+            days = self._commit_events(stage)
+            index.commit(stage.name)
+        except BaseException:
+            # Whatever made it into place stays known; the rest is forgotten, to be stored when resent.
+            index.reconcile(stage.name, self.events_dir)
+            raise
+        for day in days:
+            compact_day(
+                day,
+                EVENT_SCHEMA,
+                fanout=self.settings.event_compact_fanout,
+                grace_seconds=self.settings.event_compact_grace_seconds,
+            )
+        return ImportResult(source.path, Kind.events, rows, stored)
+
+    def _stage_events(
+        self, source: _Source, bar: Progress | None, task: object, stage: Path, index: EventIndex
+    ) -> tuple[int, int]:
+        """Validate the file chunk by chunk, claim its ids in the index and stage the new rows."""
         ids: list[pa.ChunkedArray] = []
         rows = stored = 0
         for number, frame in enumerate(self._guarded(source, bar, task)):
@@ -244,32 +271,35 @@ class EventStore:
                 raise _refusal(source.path, exc.problems, exc.total) from exc
             rows += table.num_rows
             ids.append(table.column("event_id"))
-            new = table.filter(pa.array(known.get_indexer(table.column("event_id").to_pandas()) < 0))
-            if new.num_rows:
-                stored += new.num_rows
-                day = pc.strftime(new.column("timestamp"), format="%Y-%m-%d")
-                ds.write_dataset(
-                    new.append_column("event_date", day),
-                    stage,
-                    format="parquet",
-                    partitioning=["event_date"],
-                    partitioning_flavor="hive",
-                    basename_template=f"chunk-{number:05d}-{{i}}.parquet",
-                    existing_data_behavior="overwrite_or_ignore",
-                )
+            new = index.claim(stage.name, table.column("event_id").to_pylist())
+            if not new:
+                continue
+            table = table.filter(pc.is_in(table.column("event_id"), pa.array(list(new), pa.string())))
+            stored += table.num_rows
+            day = pc.strftime(table.column("timestamp"), format="%Y-%m-%d")
+            ds.write_dataset(
+                table.append_column("event_date", day),
+                stage,
+                format="parquet",
+                partitioning=["event_date"],
+                partitioning_flavor="hive",
+                basename_template=f"chunk-{number:05d}-{{i}}.parquet",
+                existing_data_behavior="overwrite_or_ignore",
+            )
         if ids:
             all_ids = pa.chunked_array([c for column in ids for c in column.chunks], pa.string()).to_pandas()
             problems, total = duplicate_rows(all_ids, "event_id")
             if problems:
                 raise _refusal(source.path, problems, total)
-        self._commit_events(stage)
-        return ImportResult(source.path, Kind.events, rows, stored)
+        return rows, stored
 
-    def _commit_events(self, stage: Path) -> None:
+    def _commit_events(self, stage: Path) -> list[Path]:
+        """Move the staged day files into place (a rename each); returns the days written."""
         if not stage.exists():
-            return
+            return []
         name = f"part-{stage.name}.parquet"
         seen: set[str] = set()
+        days: list[Path] = []
         for day_dir in sorted(stage.glob("event_date=*")):
             table = pq.read_table(day_dir, schema=EVENT_SCHEMA).sort_by("timestamp")
             seen.update(pc.unique(table.column("event_type")).to_pylist())
@@ -278,7 +308,9 @@ class EventStore:
             scratch = target / f".{name}.tmp"
             pq.write_table(table, scratch)
             scratch.replace(target / name)
+            days.append(target)
         self._note_event_names(seen - BUILT_IN_EVENTS)
+        return days
 
     def _note_event_names(self, names: set[str]) -> None:
         """Add the app's own event names to the catalogue (under the import lock), so that rules and
@@ -397,16 +429,16 @@ class EventStore:
 
     def events_dataset(self) -> ds.Dataset | None:
         """All stored events as one pyarrow dataset (`event_date` is the partition column)."""
-        if not any(self.events_dir.glob("event_date=*/*.parquet")):
+        files = live_files(self.events_dir)
+        if not files:
             return None
         # With the schema given, files written before a column existed (`properties`) read as null.
         return ds.dataset(
-            self.events_dir,
+            [str(path) for path in files],
             schema=_STORED_EVENTS,
             format="parquet",
-            partitioning="hive",
-            exclude_invalid_files=False,
-            ignore_prefixes=[".", "_"],
+            partitioning=ds.partitioning(pa.schema([("event_date", pa.string())]), flavor="hive"),
+            partition_base_dir=str(self.events_dir),
         )
 
     def read_events(
@@ -437,11 +469,13 @@ class EventStore:
             return pd.DataFrame(columns=["user_id"])
         return pq.read_table(self.users_path).to_pandas()
 
-    def _stored_event_ids(self) -> pd.Index:
+    def _stored_ids(self) -> Iterator[pa.Array]:
+        """Every stored event id, batch by batch (read only when the index is built)."""
         dataset = self.events_dataset()
         if dataset is None:
-            return pd.Index([], dtype=object)
-        return pd.Index(dataset.to_table(columns=["event_id"]).column("event_id").to_pandas()).unique()
+            return
+        for batch in dataset.to_batches(columns=["event_id"]):
+            yield batch.column(0)
 
     def stats(self) -> EventStats:
         users = pq.read_metadata(self.users_path).num_rows if self.users_path.exists() else 0

@@ -55,6 +55,18 @@ class Settings(BaseSettings):
         description="Rows validated and staged at a time by `events import`; bounds its memory.",
     )
 
+    event_compact_fanout: int = Field(
+        default=16,
+        ge=2,
+        le=1_000,
+        description="A day of the event store whose live files of one level reach this many has them "
+        "merged into one (docs/event-store.md): bounds the files a read opens under streaming intake.",
+    )
+    event_compact_grace_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="Files merged by compaction stay this long for readers that listed them before.",
+    )
     cap_per_channel_day: int = Field(
         default=2, ge=0, description="Messages a user may get on one channel per local day."
     )

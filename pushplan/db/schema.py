@@ -1,6 +1,6 @@
 """The application's database schema (SQLAlchemy ORM): campaigns, plan items, the local profile's send
 ledger and suppression list, dispatch's event outbox, plan jobs, API keys, custom labels and the
-trigger inbox.
+trigger inbox, and the event store's index of event ids.
 
 The schema is owned by the Alembic migrations beside it (`pushplan/db/migrations`), applied by
 `pushplan.db.engine.migrate`; these classes mirror the latest migration.
@@ -198,3 +198,24 @@ class TriggerInboxRow(Base):
     processed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     claim: Mapped[str | None] = mapped_column(sa.String(36))
     lease_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class EventIndexRow(Base):
+    """Every event id the event store holds (migration 0009), so an import de-duplicates with one keyed
+    INSERT instead of reading every stored id; `import_id` names the import that stored it."""
+
+    __tablename__ = "event_index"
+
+    event_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    import_id: Mapped[str] = mapped_column(sa.String(32), index=True)
+
+
+class EventImportRow(Base):
+    """An import between its claim of new ids and its part files being in place (migration 0009), so
+    one that died in between is finished or undone by the next import; deleted when it commits. The
+    row `store:<uuid>` marks an index built for the event store of that id (events/_store_id)."""
+
+    __tablename__ = "event_imports"
+
+    import_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

@@ -99,7 +99,7 @@ def test_events_are_stored_typed_in_utc_and_partitioned_by_date(store: EventStor
     assert events.loc["e1", "value"] == 12.5
     assert events.loc["e1", "propensity"] == 0.25
     assert pd.isna(events.loc["e2", "campaign_id"])
-    assert sorted(p.name for p in store.events_dir.iterdir()) == [
+    assert sorted(p.name for p in store.events_dir.glob("event_date=*")) == [
         "event_date=2026-09-02",
         "event_date=2026-09-03",
     ]
