@@ -5,6 +5,7 @@
                              [--audience-users 1000000]
                              [--skip-serving | --only-serving] [the sizes of benchmarks/serving.py]
                              [--skip-dispatch | --only-dispatch] [--dispatch-items 100000 ...]
+                             [--skip-triggers]
 
 Measures: importing a CSV and a parquet file of N events into an empty store (rows/s, validation
 included), re-importing the same file (the idempotent path), simulating the demo population; and
@@ -15,7 +16,9 @@ service's figures (benchmarks/serving.py): one-user `POST /v1/plans` latency ove
 production profile against its floor, and offline planning of a million users against the naive
 per-user path. Then dispatch's (benchmarks/dispatch.py): end-to-end sends per second through a
 Celery worker and Redis against Celery running no-op tasks; its options are those of
-`python -m benchmarks.dispatch` with a `--dispatch-` prefix. A quick run: `--events 100000
+`python -m benchmarks.dispatch` with a `--dispatch-` prefix. Last, triggered campaigns' intake
+(benchmarks/triggers.py at its defaults: 1,000 events/s for 10 minutes into 10 million; about 20
+minutes). A quick run: `--events 100000
 --feature-users 5000 --audience-users 100000 --requests 500 --plan-users 100000 --naive-users 2000
 --dispatch-items 20000 --dispatch-users 10000`.
 Each figure is one timed run on a fresh data dir; the machine is busy with nothing else.
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import audiences, dispatch, serving
+from benchmarks import audiences, dispatch, serving, triggers
 from features.event_store import EventStore
 from features.simulator import simulate
 from pushplan.settings import Settings
@@ -136,6 +139,7 @@ def main() -> None:
     sends.add_argument("--skip-dispatch", action="store_true", help="leave out benchmarks/dispatch.py")
     sends.add_argument("--only-dispatch", action="store_true", help="only benchmarks/dispatch.py")
     dispatch.add_arguments(parser, prefix="dispatch-")
+    parser.add_argument("--skip-triggers", action="store_true", help="leave out benchmarks/triggers.py")
     args = parser.parse_args()
     if args.only_dispatch and args.only_serving:
         parser.error("--only-dispatch and --only-serving exclude each other")
@@ -154,6 +158,8 @@ def main() -> None:
         serving.run(args)
     if not (args.skip_dispatch or args.only_serving):
         dispatch.run(args)
+    if not (args.skip_triggers or args.only_serving or args.only_dispatch):
+        triggers.run(triggers.default_args())
 
 
 def store_figures(args: argparse.Namespace) -> None:

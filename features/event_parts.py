@@ -19,6 +19,7 @@ plain hive-partitioned parquet.)
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -38,52 +39,53 @@ _LEVEL = b"pushplan.level"
 class _Merged:
     level: int
     replaces: frozenset[str]
+    written: float  # its mtime: when the merge took effect
+
+
+# Merged files never change once in place, so each process reads a footer once (the import path
+# scans the day it wrote after every request; re-reading every footer each time was most of its cost).
+_footers: dict[Path, _Merged] = {}
 
 
 def live_files(events_dir: Path) -> list[Path]:
     """The files that hold the store's rows, each row in exactly one (day by day, by name)."""
     files: list[Path] = []
     for day in sorted(events_dir.glob("event_date=*")):
-        visible, merged = _day(day)
-        replaced = frozenset().union(*(m.replaces for m in merged.values()))
-        files.extend(path for path in visible if path.name not in replaced)
+        files.extend(day / name for name in _Day(day).live)
     return files
 
 
 def compact_day(day: Path, schema: pa.Schema, *, fanout: int, grace_seconds: float) -> int:
     """Delete files replaced more than `grace_seconds` ago, then merge the lowest level that holds
     `fanout` live files; returns the number of files merged (0: nothing to do). Under the import lock."""
-    visible, merged = _day(day)
+    scan = _Day(day)
+    for leftover in scan.leftovers:  # under the import lock: a write that died half-way
+        (day / leftover).unlink(missing_ok=True)
     now = time.time()
-    expired = [
-        info.replaces for name, info in merged.items() if now - (day / name).stat().st_mtime > grace_seconds
-    ]
-    for old in frozenset().union(*expired):
+    expired = frozenset().union(
+        *(m.replaces for m in scan.merged.values() if now - m.written > grace_seconds)
+    )
+    for old in expired & scan.names:
         (day / old).unlink(missing_ok=True)
-    visible, merged = _day(day)
-    replaced = frozenset().union(*(m.replaces for m in merged.values()))
-    by_level: dict[int, list[Path]] = defaultdict(list)
-    for path in visible:
-        if path.name not in replaced:
-            by_level[merged[path.name].level if path.name in merged else 0].append(path)
+    by_level: dict[int, list[str]] = defaultdict(list)
+    for name in scan.live:
+        by_level[scan.merged[name].level if name in scan.merged else 0].append(name)
     for level in sorted(by_level):
         group = by_level[level]
         if len(group) >= fanout:
-            _merge(day, group, level + 1, merged, schema)
+            _merge(day, group, level + 1, scan, schema)
             return len(group)
     return 0
 
 
-def _merge(day: Path, group: list[Path], level: int, merged: dict[str, _Merged], schema: pa.Schema) -> None:
+def _merge(day: Path, group: list[str], level: int, scan: _Day, schema: pa.Schema) -> None:
     # With the schema given, files written before a column existed (`properties`) read it as null.
-    table = (
-        ds.dataset([str(p) for p in group], schema=schema, format="parquet").to_table().sort_by("timestamp")
-    )
-    existing = {p.name for p in day.iterdir()}
-    replaces = {p.name for p in group}
-    for path in group:  # transitively, while they exist: a reader must skip them all
-        if path.name in merged:
-            replaces |= {name for name in merged[path.name].replaces if name in existing}
+    paths = [str(day / name) for name in group]
+    table = ds.dataset(paths, schema=schema, format="parquet").to_table().sort_by("timestamp")
+    replaces = set(group)
+    for name in group:  # transitively, while they exist: a reader must skip them all
+        if name in scan.merged:
+            replaces |= scan.merged[name].replaces & scan.names
     table = table.replace_schema_metadata(
         {_REPLACES: json.dumps(sorted(replaces)).encode(), _LEVEL: str(level).encode()}
     )
@@ -93,15 +95,34 @@ def _merge(day: Path, group: list[Path], level: int, merged: dict[str, _Merged],
     scratch.replace(day / name)  # one atomic step: the rows move from the group to the merged file
 
 
-def _day(day: Path) -> tuple[list[Path], dict[str, _Merged]]:
-    """A day's visible parquet files, and what each merged one holds."""
-    visible = sorted(p for p in day.glob("*.parquet") if not p.name.startswith((".", "_")))
-    merged: dict[str, _Merged] = {}
-    for path in visible:
-        if path.name.startswith(COMPACT_PREFIX):
-            try:
-                meta = pq.read_metadata(path).metadata or {}
-            except FileNotFoundError:  # deleted by a compaction since the listing (it was replaced)
-                continue
-            merged[path.name] = _Merged(int(meta[_LEVEL]), frozenset(json.loads(meta[_REPLACES])))
-    return [p for p in visible if not p.name.startswith(COMPACT_PREFIX) or p.name in merged], merged
+class _Day:
+    """One listing of a day's directory: its parquet files, what each merged one holds, and which
+    files hold the rows (those no merged file replaces)."""
+
+    def __init__(self, day: Path) -> None:
+        with os.scandir(day) as entries:
+            listed = [entry.name for entry in entries]
+        self.leftovers = [name for name in listed if name.startswith(".") and name.endswith(".tmp")]
+        names = sorted(n for n in listed if n.endswith(".parquet") and not n.startswith((".", "_")))
+        self.merged: dict[str, _Merged] = {}
+        for name in names:
+            if name.startswith(COMPACT_PREFIX) and (info := _footer(day / name)) is not None:
+                self.merged[name] = info
+        # A merged file deleted since the listing was replaced: the one that replaced it names its rows.
+        self.names = frozenset(n for n in names if not n.startswith(COMPACT_PREFIX) or n in self.merged)
+        replaced = frozenset().union(*(m.replaces for m in self.merged.values()))
+        self.live = [n for n in names if n in self.names and n not in replaced]
+
+
+def _footer(path: Path) -> _Merged | None:
+    info = _footers.get(path)
+    if info is None:
+        try:
+            meta = pq.read_metadata(path).metadata or {}
+            written = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        if len(_footers) > 100_000:
+            _footers.clear()
+        info = _footers[path] = _Merged(int(meta[_LEVEL]), frozenset(json.loads(meta[_REPLACES])), written)
+    return info

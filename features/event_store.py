@@ -19,8 +19,10 @@ index with what made it into place, and re-running the same import completes it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -57,6 +59,7 @@ from pushplan.domain import BUILT_IN_EVENTS, Campaign
 from pushplan.files import write_parquet
 from pushplan.settings import Settings
 
+_log = logging.getLogger(__name__)
 _CSV_BLOCK_BYTES = 8 << 20
 _CAMPAIGNS = TypeAdapter(list[Campaign])
 _STORED_EVENTS = EVENT_SCHEMA.append(pa.field("event_date", pa.string()))
@@ -247,15 +250,20 @@ class EventStore:
             index.commit(stage.name)
         except BaseException:
             # Whatever made it into place stays known; the rest is forgotten, to be stored when resent.
-            index.reconcile(stage.name, self.events_dir)
+            # Should that fail too (the database is what failed), the next import's prepare does it.
+            with contextlib.suppress(Exception):
+                index.reconcile(stage.name, self.events_dir)
             raise
         for day in days:
-            compact_day(
-                day,
-                EVENT_SCHEMA,
-                fanout=self.settings.event_compact_fanout,
-                grace_seconds=self.settings.event_compact_grace_seconds,
-            )
+            try:
+                compact_day(
+                    day,
+                    EVENT_SCHEMA,
+                    fanout=self.settings.event_compact_fanout,
+                    grace_seconds=self.settings.event_compact_grace_seconds,
+                )
+            except OSError as exc:  # the events are stored; the next import into this day merges them
+                _log.warning("compaction of %s put off: %s", day.name, exc)
         return ImportResult(source.path, Kind.events, rows, stored)
 
     def _stage_events(

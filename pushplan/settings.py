@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         "merged into one (docs/event-store.md): bounds the files a read opens under streaming intake.",
     )
     event_compact_grace_seconds: float = Field(
-        default=900.0,
+        default=300.0,
         ge=0,
         description="Files merged by compaction stay this long for readers that listed them before.",
     )
