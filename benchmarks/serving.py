@@ -192,6 +192,24 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_ready(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
+    """Until `pushplan serve` on `port` answers /readyz (180 s at most, and not if it exited)."""
+    deadline = time.monotonic() + 180
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"pushplan serve exited: see {log}\n{log.read_text()[-2000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pushplan serve not ready after 180 s: see {log}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def served(settings: Settings, log: Path) -> Iterator[int]:
     """`pushplan serve` as its own process, on the benchmark's settings; yields its port when ready."""
@@ -209,20 +227,7 @@ def served(settings: Settings, log: Path) -> Iterator[int]:
     with log.open("w") as out:
         server = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=out, stderr=out)
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"pushplan serve exited: see {log}\n{log.read_text()[-2000:]}")
-                try:
-                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    connection.request("GET", "/readyz")
-                    if connection.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"pushplan serve not ready after 180 s: see {log}")
-                time.sleep(0.5)
+            wait_ready(port, server, log)
             yield port
         finally:
             server.send_signal(signal.SIGINT)

@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from benchmarks.serving import build_population, free_port, load, percentiles, train_champions
+from benchmarks.serving import build_population, free_port, load, percentiles, train_champions, wait_ready
 from pushplan.settings import Profile
 
 MIX = {
@@ -327,7 +327,7 @@ def _run(args: argparse.Namespace) -> None:
     with deployed(Profile.production, root / "data", **overrides) as deployment:
         settings = deployment.settings
         started = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):  # Feast's and training's own progress lines
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # their progress
             _, _, users = build_population(
                 settings, root / "sim", args.users, args.days, seed=11, online=True
             )
@@ -352,7 +352,7 @@ def _run(args: argparse.Namespace) -> None:
         store: PlanStore = deployment.store
         key = create_key(store, Role.campaign)
         port = free_port()
-        deployment.start("serve", "--host", "127.0.0.1", "--port", str(port))
+        server = deployment.start("serve", "--host", "127.0.0.1", "--port", str(port))
         deployment.start(
             "worker",
             "--concurrency",
@@ -363,7 +363,7 @@ def _run(args: argparse.Namespace) -> None:
             "warning",
         )
         deployment.start("beat", "--loglevel", "warning")
-        wait_ready(port)
+        wait_ready(port, server, settings.data_dir / "serve-0.log")
         headers = {"Content-Type": "application/json", "X-API-Key": key}
         for campaign in campaigns(now):
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -424,20 +424,6 @@ def _run(args: argparse.Namespace) -> None:
 def pending(store: Any, row: Any) -> int:
     with store.session() as session:
         return int(session.scalar(sa.select(sa.func.count()).where(row.processed_at.is_(None))) or 0)
-
-
-def wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("pushplan serve not ready after 180 s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ when the store has none, or when the data dir holds another store than the one i
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,14 @@ STORE_ID_FILE = "_store_id"  # under events/; "_" keeps it out of the parquet da
 _STORE = "store:"
 _ROWS_PER_STATEMENT = 5_000  # two parameters a row: well inside SQLite's 32,766
 _REBUILT_BY = "stored-before-index"
+_CLAIM_POSTGRES = sa.text(
+    "insert into event_index (event_id, import_id) select unnest(cast(:ids as text[])), :import_id "
+    "on conflict (event_id) do nothing returning event_id"
+)
+_CLAIM_SQLITE = sa.text(  # `where true` parses the upsert's ON after a SELECT (SQLite's documented rule)
+    "insert into event_index (event_id, import_id) select value, :import_id from json_each(:ids) where true "
+    "on conflict (event_id) do nothing returning event_id"
+)
 
 _engines: dict[str, sa.Engine] = {}
 _engines_lock = threading.Lock()
@@ -103,27 +112,25 @@ class EventIndex:
     # ---- an import ------------------------------------------------------------------------------
 
     def claim(self, import_id: str, ids: Sequence[str]) -> set[str]:
-        """Insert `ids` for this import; returns those the store did not hold (to be stored)."""
-        new: set[str] = set()
+        """Insert `ids` for this import; returns those the store did not hold (to be stored).
+
+        One statement whatever the number of ids, the list passed as one parameter (an array in
+        PostgreSQL, a JSON text read by json_each in SQLite): a multi-row VALUES built by SQLAlchemy
+        took 35 s for a million ids where this takes a few."""
         with self.engine.begin() as connection:
-            insert: Any = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+            postgres = connection.dialect.name == "postgresql"
+            insert: Any = postgresql.insert if postgres else sqlite.insert
             connection.execute(
                 insert(EventImportRow)
                 .values(import_id=import_id, started_at=datetime.now(UTC))
                 .on_conflict_do_nothing(index_elements=["import_id"])
             )
-            for first in range(0, len(ids), _ROWS_PER_STATEMENT):
-                rows = [
-                    {"event_id": i, "import_id": import_id} for i in ids[first : first + _ROWS_PER_STATEMENT]
-                ]
-                statement = (
-                    insert(EventIndexRow)
-                    .values(rows)
-                    .on_conflict_do_nothing(index_elements=["event_id"])
-                    .returning(EventIndexRow.event_id)
-                )
-                new.update(connection.scalars(statement))
-        return new
+            if not ids:
+                return set()
+            statement, values = (
+                (_CLAIM_POSTGRES, list(ids)) if postgres else (_CLAIM_SQLITE, json.dumps(list(ids)))
+            )
+            return set(connection.scalars(statement, {"ids": values, "import_id": import_id}))
 
     def commit(self, import_id: str) -> None:
         with self.engine.begin() as connection:
