@@ -327,7 +327,8 @@ def _run(args: argparse.Namespace) -> None:
     with deployed(Profile.production, root / "data", **overrides) as deployment:
         settings = deployment.settings
         started = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # their progress
+        # Feast's and training's own progress lines (stdout and stderr) are not the figures.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             _, _, users = build_population(
                 settings, root / "sim", args.users, args.days, seed=11, online=True
             )
