@@ -9,7 +9,8 @@ an event's acceptance to its plan item in the plan store.
 The production profile as the integration tests deploy it (tests.dispatch_processes.deployed): a
 redis-server of the benchmark's own (broker and online store), a scratch PostgreSQL database (plan
 store, event index, MLflow), and the real processes: `pushplan serve`, `pushplan worker`
-(--worker-concurrency) and `pushplan beat`.
+(--worker-concurrency) and `pushplan beat` (its firing scan every second rather than 5: each
+POST starts the firing task as well, so the scan only catches what a lost message left).
 
 Setup: --users users over --days days are simulated, imported, built and materialized into Redis,
 and the three models trained and made champions (--no-train: the planner's rules). The event store is
