@@ -262,7 +262,7 @@ class EventStore:
                     fanout=self.settings.event_compact_fanout,
                     grace_seconds=self.settings.event_compact_grace_seconds,
                 )
-            except OSError as exc:  # the events are stored; the next import into this day merges them
+            except (OSError, pa.ArrowException) as exc:  # stored already; the next import into the day merges
                 _log.warning("compaction of %s put off: %s", day.name, exc)
         return ImportResult(source.path, Kind.events, rows, stored)
 
