@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,11 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        route = request.scope.get("route")
-        with LATENCY.labels(getattr(route, "path", request.url.path)).time():
-            response = await call_next(request)
-        route = request.scope.get("route")
-        REQUESTS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        started = time.perf_counter()
+        response = await call_next(request)
+        # Labelled by the route's template once routing has matched it (never the raw path: a client
+        # requesting random paths would otherwise grow /metrics without bound).
+        template = getattr(request.scope.get("route"), "path", "unmatched")
+        LATENCY.labels(template).observe(time.perf_counter() - started)
+        REQUESTS.labels(request.method, template, str(response.status_code)).inc()
         return response
 
     app.include_router(health.router)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["health"])
+_log = logging.getLogger(__name__)
 
 
 class Ready(BaseModel):
@@ -33,7 +36,13 @@ def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     response_model=Ready,
-    responses={503: {"model": NotReady, "description": "A store does not answer; the reason says which."}},
+    responses={
+        503: {
+            "model": NotReady,
+            "description": "A store does not answer; the reason says which (the "
+            "error itself, which may name hosts and users, goes to the service's log only).",
+        }
+    },
 )
 def readyz(request: Request) -> JSONResponse:
     """Ready when the stores answer; models missing from the registry are reported, not fatal."""
@@ -41,8 +50,9 @@ def readyz(request: Request) -> JSONResponse:
     try:
         request.app.state.plan_store.counts("__readiness__")
         ready = True
-    except Exception as exc:  # any store failure makes the instance unready, with the reason
-        return JSONResponse({"ready": False, "reason": str(exc).splitlines()[0]}, status_code=503)
+    except Exception:  # any store failure makes the instance unready; the details go to the log only
+        _log.exception("readiness: the plan store does not answer")
+        return JSONResponse({"ready": False, "reason": "the plan store does not answer"}, status_code=503)
     rules = {name: rule for name, (rule, _) in models.rules.items()}
     return JSONResponse(
         {"ready": ready, "models": models.versions, "heuristics": models.missing, "rules": rules}

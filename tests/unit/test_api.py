@@ -38,6 +38,27 @@ def test_health_readiness_and_metrics(served: tuple[TestClient, dict[Role, str],
     assert ready["ready"] is True and set(ready["heuristics"]) == {"click", "send-hour", "variant"}
     client.get("/healthz")
     assert "pushplan_http_requests_total" in client.get("/metrics").text
+    # Labels are route templates: unknown paths (unauthenticated, random) add one series, not one each.
+    lines = len(client.get("/metrics").text.splitlines())
+    for i in range(50):
+        assert client.get(f"/no/such/{i}").status_code == 404
+    metrics = client.get("/metrics").text
+    assert "/no/such/" not in metrics
+    assert len(metrics.splitlines()) - lines <= 20  # the "unmatched" series' first buckets, and nothing more
+
+
+def test_readiness_names_the_failing_store_without_its_error(
+    served: tuple[TestClient, dict[Role, str], Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _, _ = served
+
+    def unreachable(campaign_id: str) -> None:
+        raise RuntimeError('connection to server at "10.1.2.3", port 5432 failed: password for "ops"')
+
+    monkeypatch.setattr(client.app.state.plan_store, "counts", unreachable)  # type: ignore[attr-defined]
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {"ready": False, "reason": "the plan store does not answer"}
 
 
 @pytest.mark.parametrize(
