@@ -316,8 +316,8 @@ def _run(args: argparse.Namespace) -> None:
     from dispatch.control import control
     from features.event_parts import live_files
     from features.event_store import EventStore
-    from pushplan.db.schema import TriggerInboxRow
     from pushplan.db.store import PlanStore
+    from pushplan.db.trigger_inbox import pending_count
     from serving.keys import Role, create_key
     from tests.dispatch_processes import deployed
 
@@ -386,9 +386,9 @@ def _run(args: argparse.Namespace) -> None:
         sent = post_at_rate(port, key, timed, rate_batches, args.connections)
         elapsed = time.perf_counter() - began
         print(f"load average after the run: {load()}", flush=True)
-        backlog = pending(store, TriggerInboxRow)
+        backlog = pending_count(store)
         drain_started = time.perf_counter()
-        while pending(store, TriggerInboxRow) and time.perf_counter() - drain_started < 600:
+        while pending_count(store) and time.perf_counter() - drain_started < 600:
             time.sleep(1)
         drained = time.perf_counter() - drain_started
 
@@ -421,11 +421,6 @@ def _run(args: argparse.Namespace) -> None:
         )
         if sent.errors:
             print("first errors:", *sent.errors[:5], sep="\n  ")
-
-
-def pending(store: Any, row: Any) -> int:
-    with store.session() as session:
-        return int(session.scalar(sa.select(sa.func.count()).where(row.processed_at.is_(None))) or 0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ from pushplan.settings import Settings
 
 STORE_ID_FILE = "_store_id"  # under events/; "_" keeps it out of the parquet dataset
 _STORE = "store:"
-_ROWS_PER_STATEMENT = 5_000  # two parameters a row: well inside SQLite's 32,766
+_IDS_PER_DELETE = 5_000  # one parameter each: well inside SQLite's 32,766
 _REBUILT_BY = "stored-before-index"
 _CLAIM_POSTGRES = sa.text(
     "insert into event_index (event_id, import_id) select unnest(cast(:ids as text[])), :import_id "
@@ -53,10 +53,11 @@ _engines_lock = threading.Lock()
 def _engine(settings: Settings) -> sa.Engine:
     """One migrated engine per database and process (the API posts events many times a second)."""
     url = database_url(settings)
-    sqlite_file = settings.data_dir / "plans.db"
+    sqlite_file = sa.engine.make_url(url).database if url.startswith("sqlite") else None
     with _engines_lock:
         engine = _engines.get(url)
-        if engine is None or (url.startswith("sqlite") and not sqlite_file.exists()):
+        # A local store's file may be gone under a cached engine (a data dir removed and made again).
+        if engine is None or (sqlite_file is not None and not Path(sqlite_file).exists()):
             migrate(settings)
             if len(_engines) >= 8:  # tests make many data dirs: keep the newest few open
                 _engines.pop(next(iter(_engines))).dispose()
@@ -146,10 +147,10 @@ class EventIndex:
                 sa.select(EventIndexRow.event_id).where(EventIndexRow.import_id == import_id)
             ).all()
             lost = [event_id for event_id in claimed if event_id not in landed]
-            for first in range(0, len(lost), _ROWS_PER_STATEMENT):
+            for first in range(0, len(lost), _IDS_PER_DELETE):
                 connection.execute(
                     sa.delete(EventIndexRow).where(
-                        EventIndexRow.event_id.in_(lost[first : first + _ROWS_PER_STATEMENT])
+                        EventIndexRow.event_id.in_(lost[first : first + _IDS_PER_DELETE])
                     )
                 )
             connection.execute(sa.delete(EventImportRow).where(EventImportRow.import_id == import_id))
