@@ -9,7 +9,13 @@ timeouts, HTTP 408/425/429/503, SMTP 4xx), unknown (the request was written and 
 or the provider answered 500/502/504: it may have delivered) or permanent (any other 4xx, SMTP 5xx, a
 missing recipient). Adapters never retry themselves: the dispatcher retries a transient outcome later
 with backoff, under its own attempt cap, so that one slow provider never holds a worker in a sleep
-loop and every attempt is recorded.
+loop and every attempt is recorded. The one exception is a 401 from FCM with renewable credentials:
+the push channel mints a new access token and calls once more at once (a refused call delivered
+nothing), and a second 401 is the outcome.
+
+An outcome's `detail` is what went wrong in words, often the provider's own: it passes through
+`pushplan.redact.scrub` where it is composed, so addresses, device tokens, bearer tokens and URL
+query strings never reach the plan store.
 
 Each message carries `send_id`, its idempotency key (the plan item id, or "<plan_id>:<n>" for the
 n-th fallback re-send). Adapters pass it to the provider (`Idempotency-Key` header, SMS `reference`,
@@ -37,6 +43,15 @@ received (before any JSON parsing), compares in constant time, and should refuse
 than a few minutes so that a captured request cannot be replayed later; `verify_signature` does
 all of that. The body is the message as JSON: idempotency_key, plan_id, campaign_id, user_id,
 channel, variant_id, title, body, sent_at (ISO 8601, UTC) and recipient.
+
+FCM credentials
+---------------
+FCM's HTTP v1 API takes an OAuth access token, and Google's expire within the hour. With
+PUSHPLAN_FCM_CREDENTIALS_FILE (a service-account JSON file) the push channel mints its tokens with
+google-auth (a JWT grant at the file's token_uri, scope firebase.messaging), shares one among its
+threads, mints the next before the last expires (google-auth counts a token expired a few minutes
+early) and at once when FCM answers 401. A static PUSHPLAN_FCM_TOKEN is used as it is, for tests and
+short runs: nothing can renew it, so a 401 is a failure like any other 4xx.
 """
 
 from __future__ import annotations
@@ -49,7 +64,7 @@ import os
 import smtplib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -57,20 +72,29 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import google.auth.transport
 import httpx
+from google.auth import exceptions as auth_errors
+from google.oauth2 import service_account
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from pydantic import SecretStr
 
 from pushplan.domain import Channel
+from pushplan.redact import scrub
 from pushplan.settings import Profile, Settings
 
 OUTBOX_FILE = "outbox.jsonl"
 DETAIL_MAX_CHARS = 500
+# How much of an error body is scrubbed before 200 characters of it are kept: bounds the work on a
+# provider that answers with a page of HTML.
+PROVIDER_BODY_SCAN_CHARS = 4_000
 # HTTP answers that say "not now, and nothing was done": timeout, too early, too many requests,
 # unavailable. Other 5xx (500, 502, 504: an error, or a gateway that lost the upstream's answer) may
 # come after the provider delivered: ambiguous.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 503})
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 
 
 @dataclass(frozen=True)
@@ -131,8 +155,9 @@ class ChannelAdapter(Protocol):
 
 
 def _failure(send_id: str, reason: str, detail: str, *, transient: bool) -> Outcome:
+    # Scrubbed before it is cut: a cut could leave part of a token too short to be recognised.
     return Outcome(
-        send_id=send_id, ok=False, transient=transient, reason=reason, detail=detail[:DETAIL_MAX_CHARS]
+        send_id=send_id, ok=False, transient=transient, reason=reason, detail=scrub(detail)[:DETAIL_MAX_CHARS]
     )
 
 
@@ -145,7 +170,7 @@ def _ambiguous(send_id: str, reason: str, detail: str, *, dedupes: bool) -> Outc
         ok=False,
         unknown=True,
         reason=reason,
-        detail=f"{detail[: DETAIL_MAX_CHARS - 60]} (may have been delivered; not retried)",
+        detail=f"{scrub(detail)[: DETAIL_MAX_CHARS - 60]} (may have been delivered; not retried)",
     )
 
 
@@ -324,7 +349,8 @@ def _http_failure(
     send_id: str, response: httpx.Response, provider_error: str | None, *, dedupes: bool
 ) -> Outcome:
     status = response.status_code
-    said = provider_error or response.text.strip()[:200] or response.reason_phrase
+    said = provider_error or scrub(response.text.strip()[:PROVIDER_BODY_SCAN_CHARS])[:200]
+    said = said or response.reason_phrase
     detail = f"{response.request.url.host} answered {status}: {said}"
     if status in TRANSIENT_HTTP_STATUSES:
         return _failure(send_id, f"http_{status}", detail, transient=True)
@@ -375,15 +401,49 @@ class HttpChannel:
         """The provider's own words for a refusal, when its error body has a known shape."""
         return None
 
+    def _credentials_refused(self, response: httpx.Response) -> bool:
+        """The provider answered 401 to the credentials `response`'s request carried: True if new ones
+        are ready for one more call (static credentials have nothing to renew)."""
+        return False
+
     def _send_one(self, message: Message) -> Outcome:
         if self._needs_recipient() and not message.recipient:
             return _no_recipient(message)
-        url, body, headers = self._request(message)
+        response = self._post(message)
+        if (
+            isinstance(response, httpx.Response)
+            and response.status_code == 401
+            and self._credentials_refused(response)
+        ):
+            # A refused call delivered nothing, so one more with new credentials cannot deliver
+            # twice; its answer is the outcome, whatever it is (no loop on a second 401).
+            response = self._post(message)
+        if isinstance(response, Outcome):
+            return response
+        if response.is_success:
+            return Outcome(
+                send_id=message.send_id, ok=True, provider_id=self._provider_id(_json_or_none(response))
+            )
+        return _http_failure(
+            message.send_id, response, self._provider_error(_json_or_none(response)), dedupes=self.dedupes
+        )
+
+    def _post(self, message: Message) -> httpx.Response | Outcome:
+        """One call for `message`: the provider's answer, or the outcome of a call that got none."""
+        try:
+            url, body, headers = self._request(message)
+        except CredentialsError as exc:  # before any call: nothing was sent
+            return _failure(
+                message.send_id,
+                "credentials_error",
+                f"{self.name} credentials: {exc}",
+                transient=exc.transient,
+            )
         headers = {"Content-Type": "application/json", "Idempotency-Key": message.send_id, **headers}
         if self.rate_gate is not None:
             self.rate_gate.wait()
         try:
-            response = self.client.post(url, content=body, headers=headers)
+            return self.client.post(url, content=body, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # No connection, so no request: nothing can have been delivered.
             return _failure(
@@ -397,13 +457,6 @@ class HttpChannel:
             return _ambiguous(
                 message.send_id, "connection_lost", f"{self.name} call failed: {exc!r}", dedupes=self.dedupes
             )
-        if response.is_success:
-            return Outcome(
-                send_id=message.send_id, ok=True, provider_id=self._provider_id(_json_or_none(response))
-            )
-        return _http_failure(
-            message.send_id, response, self._provider_error(_json_or_none(response)), dedupes=self.dedupes
-        )
 
 
 def sign_webhook(secret: str, timestamp: int | str, body: bytes) -> str:
@@ -445,7 +498,7 @@ class WebhookChannel(HttpChannel):
         # Only the operator knows whether their receiver drops a repeated Idempotency-Key.
         self.dedupes = settings.webhook_dedupes
         self.url = settings.webhook_url
-        self.secret = settings.webhook_secret
+        self.secret = settings.webhook_secret.get_secret_value()
 
     def _needs_recipient(self) -> bool:
         return False  # the receiver knows its users; a recipient travels along when there is one
@@ -463,14 +516,133 @@ class WebhookChannel(HttpChannel):
         )
 
 
+class CredentialsError(Exception):
+    """A channel could not get credentials for a call, so made none; `transient`: worth trying later."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class _HttpxResponse(google.auth.transport.Response):
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    @property
+    def data(self) -> bytes:
+        return self._response.content
+
+
+class _HttpxRequest(google.auth.transport.Request):
+    """google-auth's transport over the channel's httpx client. google-auth ships transports for
+    requests and urllib3 only as extras it does not install (requests is here only as another
+    package's dependency); httpx is ours already, with the channel's timeout and connection pool."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> _HttpxResponse:
+        try:
+            response = self.client.request(
+                method,
+                url,
+                content=body,
+                headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise auth_errors.TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return _HttpxResponse(response)
+
+
+def _service_account(settings: Settings) -> service_account.Credentials | None:
+    """The service account of PUSHPLAN_FCM_CREDENTIALS_FILE (None when unset), as a ValueError when
+    the file cannot be one: adapter_for's way of saying that a channel is not configured."""
+    path = settings.fcm_credentials_file
+    if path is None:
+        return None
+    try:
+        return service_account.Credentials.from_service_account_file(str(path), scopes=[FCM_SCOPE])
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"the push channel is not configured: PUSHPLAN_FCM_CREDENTIALS_FILE {path} is not a "
+            f"readable service-account file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+class FcmCredentials:
+    """The bearer token of FCM calls, one for all of the push channel's threads: minted from a
+    service account and renewed before it expires or once refused, or a static token as it is."""
+
+    def __init__(self, source: service_account.Credentials | str, client: httpx.Client) -> None:
+        self._source = source
+        self._transport = _HttpxRequest(client)
+        # One mint at a time: threads that find the token expired together wait for one new token.
+        self._lock = threading.Lock()
+
+    def token(self) -> str:
+        """A token good for a call now; CredentialsError when none can be minted."""
+        account = self._source
+        if isinstance(account, str):
+            return account
+        with self._lock:
+            if not account.valid:
+                # google-auth itself tries a failing token endpoint three times within a few seconds.
+                try:
+                    account.refresh(self._transport)
+                except auth_errors.TransportError as exc:
+                    raise CredentialsError(f"token endpoint unreachable: {exc}", transient=True) from exc
+                except auth_errors.RefreshError as exc:
+                    raise CredentialsError(f"no access token: {exc}", transient=exc.retryable) from exc
+            return str(account.token)
+
+    def refused(self, token: str) -> bool:
+        """FCM answered 401 to `token`: drop it so that the next `token()` mints another. False for a
+        static token, which nothing can renew."""
+        account = self._source
+        if isinstance(account, str):
+            return False
+        with self._lock:
+            # Threads refused together renew once: whoever comes second finds a new token already.
+            if account.token == token:
+                account.token = None
+        return True
+
+
 class PushChannel(HttpChannel):
     """Firebase Cloud Messaging, HTTP v1 API: one `messages:send` call per device token."""
 
     def __init__(self, settings: Settings) -> None:
+        account = _service_account(settings)
+        project = settings.fcm_project or (account.project_id if account is not None else None)
+        if not project:  # adapter_for checked it, but for a service-account file without project_id
+            raise ValueError(
+                "the push channel is not configured: set PUSHPLAN_FCM_PROJECT "
+                f"({settings.fcm_credentials_file} names no project_id)"
+            )
         super().__init__(settings, Channel.push.value)
-        assert settings.fcm_project and settings.fcm_token  # adapter_for checked both
-        self.url = f"{settings.fcm_url.rstrip('/')}/v1/projects/{settings.fcm_project}/messages:send"
-        self.token = settings.fcm_token
+        self.url = f"{settings.fcm_url.rstrip('/')}/v1/projects/{project}/messages:send"
+        if account is None:
+            assert settings.fcm_token  # adapter_for checked it
+            self.credentials = FcmCredentials(settings.fcm_token.get_secret_value(), self.client)
+        else:
+            self.credentials = FcmCredentials(account, self.client)
 
     def _request(self, message: Message) -> tuple[str, bytes, dict[str, str]]:
         body = _json_bytes(
@@ -487,7 +659,11 @@ class PushChannel(HttpChannel):
                 }
             }
         )
-        return self.url, body, {"Authorization": f"Bearer {self.token}"}
+        return self.url, body, {"Authorization": f"Bearer {self.credentials.token()}"}
+
+    def _credentials_refused(self, response: httpx.Response) -> bool:
+        refused = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return self.credentials.refused(refused)
 
     def _provider_id(self, document: Any) -> str | None:
         name = document.get("name") if isinstance(document, dict) else None
@@ -515,7 +691,7 @@ class SmsChannel(HttpChannel):
         super().__init__(settings, Channel.sms.value)
         assert settings.sms_url and settings.sms_token  # adapter_for checked both
         self.url = settings.sms_url
-        self.token = settings.sms_token
+        self.token = settings.sms_token.get_secret_value()
 
     def _request(self, message: Message) -> tuple[str, bytes, dict[str, str]]:
         body = _json_bytes(
@@ -628,13 +804,15 @@ def _smtp_lost(exc: BaseException, what: str) -> tuple[str, str]:
 
 # --- choosing an adapter ----------------------------------------------------------------------------
 
-# Settings fields each channel cannot work without (PUSHPLAN_<FIELD> in the environment).
-REQUIRED_SETTINGS: dict[str, Sequence[str]] = {
-    Channel.sandbox: (),
-    Channel.webhook: ("webhook_url", "webhook_secret"),
-    Channel.push: ("fcm_project", "fcm_token"),
-    Channel.sms: ("sms_url", "sms_token"),
-    Channel.email: ("smtp_host",),
+# The settings fields each channel cannot work without (PUSHPLAN_<FIELD> in the environment): one
+# tuple per way to configure it, any one of which will do.
+REQUIRED_SETTINGS: dict[str, Sequence[tuple[str, ...]]] = {
+    Channel.sandbox: [()],
+    Channel.webhook: [("webhook_url", "webhook_secret")],
+    # A service-account file names its project; a static token needs the project said.
+    Channel.push: [("fcm_credentials_file",), ("fcm_project", "fcm_token")],
+    Channel.sms: [("sms_url", "sms_token")],
+    Channel.email: [("smtp_host",)],
 }
 
 ADAPTER_CLASSES: dict[str, Callable[[Settings], ChannelAdapter]] = {
@@ -652,6 +830,7 @@ _adapters_lock = threading.Lock()
 def _cache_key(settings: Settings, channel: str) -> tuple[Any, ...]:
     # The process id keeps a forked worker from reusing its parent's open connections; the settings
     # that shape an adapter keep tests (and a reloaded configuration) from getting a stale one.
+    # Secrets by value: a SecretStr compares by its value too, but that is not what it reads as.
     return (
         os.getpid(),
         channel,
@@ -659,19 +838,35 @@ def _cache_key(settings: Settings, channel: str) -> tuple[Any, ...]:
         settings.redis_url,
         str(Path(settings.sandbox_dir).absolute()),
         settings.webhook_url,
-        settings.webhook_secret,
+        _revealed(settings.webhook_secret),
         settings.webhook_dedupes,
         settings.smtp_host,
         settings.smtp_port,
         settings.smtp_sender,
         settings.fcm_url,
         settings.fcm_project,
-        settings.fcm_token,
+        settings.fcm_credentials_file,
+        _revealed(settings.fcm_token),
         settings.sms_url,
-        settings.sms_token,
+        _revealed(settings.sms_token),
         settings.channel_timeout_seconds,
         settings.channel_rate_per_second.get(channel),
     )
+
+
+def _revealed(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+
+
+def _not_configured(settings: Settings, channel: str) -> str | None:
+    """What to set for `channel`, or None when one of its ways to configure it is complete."""
+    missing = [
+        [f"PUSHPLAN_{field.upper()}" for field in way if not getattr(settings, field)]
+        for way in REQUIRED_SETTINGS[channel]
+    ]
+    if any(not names for names in missing):
+        return None
+    return f"the {channel} channel is not configured: set " + ", or ".join(" and ".join(n) for n in missing)
 
 
 def adapter_for(settings: Settings, channel: str) -> ChannelAdapter:
@@ -685,13 +880,9 @@ def adapter_for(settings: Settings, channel: str) -> ChannelAdapter:
     with _adapters_lock:
         adapter = _adapters.get(key)
         if adapter is None:
-            missing = [
-                f"PUSHPLAN_{field.upper()}"
-                for field in REQUIRED_SETTINGS[channel]
-                if not getattr(settings, field)
-            ]
-            if missing:
-                raise ValueError(f"the {channel} channel is not configured: set {' and '.join(missing)}")
+            needed = _not_configured(settings, channel)
+            if needed is not None:
+                raise ValueError(needed)
             adapter = _adapters[key] = ADAPTER_CLASSES[channel](settings)
         return adapter
 

@@ -48,6 +48,7 @@ from pushplan.caps import FrequencyCap
 from pushplan.db.schema import CampaignRow, DispatchEventRow, PlanItemRow
 from pushplan.db.store import PlanStore
 from pushplan.domain import Campaign, Decision, DispatchState, EventType, ItemState, Reason
+from pushplan.redact import scrub
 from pushplan.settings import Settings
 from pushplan.windows import QuietHours
 
@@ -232,7 +233,9 @@ def _finished(state: ItemState, reason: Reason, detail: str, now: datetime) -> d
     return {
         "state": state.value,
         "reason": reason.value,
-        "detail": detail[:500],
+        # Details can quote a provider or an exception (an address, a token, a URL with its key):
+        # scrubbed before they are cut, like every detail stored.
+        "detail": scrub(detail)[:500],
         "claim": None,
         "lease_until": None,
         "updated_at": now,
@@ -684,7 +687,10 @@ def _recipients(users_path: Path, column: str) -> dict[str, str]:
 
 
 def _said(outcome: Outcome) -> str:
-    return f"{outcome.reason}: {outcome.detail}"[:500] if outcome.detail else str(outcome.reason)
+    """An outcome's reason and detail as stored, scrubbed here as well: not every detail comes from an
+    adapter that scrubs it (`_call` quotes whatever one raised)."""
+    said = f"{outcome.reason}: {outcome.detail}" if outcome.detail else str(outcome.reason)
+    return scrub(said)[:500]
 
 
 def _events(item: _Pending, at: datetime, kinds: Iterable[EventType]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 T = TypeVar("T")
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     )
 
     webhook_url: str | None = Field(default=None, description="Where the `webhook` channel POSTs.")
-    webhook_secret: str | None = Field(
+    webhook_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key that signs webhook bodies (X-Pushplan-Signature)."
     )
     webhook_dedupes: bool = Field(
@@ -148,9 +148,19 @@ class Settings(BaseSettings):
         description="Base URL of the FCM HTTP v1 API (a stub's in tests).",
     )
     fcm_project: str | None = Field(default=None, description="Firebase project id of the `push` channel.")
-    fcm_token: str | None = Field(default=None, description="OAuth bearer token for FCM.")
+    fcm_credentials_file: Path | None = Field(
+        default=None,
+        description="Google service-account JSON file of the `push` channel: OAuth access tokens are "
+        "minted from it and renewed before they expire (and once on a 401); its project_id is the "
+        "default of fcm_project. Takes precedence over fcm_token.",
+    )
+    fcm_token: SecretStr | None = Field(
+        default=None,
+        description="A static OAuth bearer token for FCM instead of fcm_credentials_file: Google's expire "
+        "within an hour and cannot be renewed here, so for tests and short runs.",
+    )
     sms_url: str | None = Field(default=None, description="Where the `sms` channel POSTs.")
-    sms_token: str | None = Field(default=None, description="Bearer token of the SMS provider.")
+    sms_token: SecretStr | None = Field(default=None, description="Bearer token of the SMS provider.")
     channel_timeout_seconds: float = Field(default=10.0, gt=0, description="Per channel call.")
     channel_rate_per_second: dict[str, float] = Field(
         default_factory=lambda: {"push": 500.0, "sms": 20.0, "email": 50.0, "webhook": 200.0},
@@ -279,12 +289,17 @@ def get_settings() -> Settings:
 def per_settings(build: Callable[[Settings], T]) -> Callable[[Settings], T]:
     """Cache `build(settings)` per configuration and process: settings are not hashable (a pydantic
     model), so they are keyed by their JSON; for the stores, ledgers and clients a worker reuses."""
-    built: dict[str, T] = {}
+    built: dict[tuple[str, ...], T] = {}
     lock = threading.Lock()
 
     @wraps(build)
     def cached(settings: Settings) -> T:
-        key = settings.model_dump_json()
+        # The JSON shows every secret as "**********": their values join the key, or two settings
+        # differing only in a secret would share one client.
+        secrets = (
+            value.get_secret_value() for value in dict(settings).values() if isinstance(value, SecretStr)
+        )
+        key = (settings.model_dump_json(), *secrets)
         with lock:
             if key not in built:
                 built[key] = build(settings)

@@ -27,7 +27,7 @@ from dispatch.channels import (
     close_adapters,
     verify_signature,
 )
-from pushplan.settings import Settings
+from pushplan.settings import Settings, per_settings
 
 SENT_AT = datetime(2026, 9, 14, 18, 30, tzinfo=UTC)
 SECRET = "test-webhook-secret"
@@ -478,8 +478,12 @@ def test_email_without_a_server_is_transient(tmp_path: Path) -> None:
 def test_adapter_for_names_the_missing_setting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"webhook channel .*PUSHPLAN_WEBHOOK_URL"):
         adapter_for(channel_settings(tmp_path), "webhook")
-    with pytest.raises(ValueError, match="PUSHPLAN_FCM_PROJECT and PUSHPLAN_FCM_TOKEN"):
+    with pytest.raises(
+        ValueError, match="set PUSHPLAN_FCM_CREDENTIALS_FILE, or PUSHPLAN_FCM_PROJECT and PUSHPLAN_FCM_TOKEN"
+    ):
         adapter_for(channel_settings(tmp_path), "push")
+    with pytest.raises(ValueError, match=r"set PUSHPLAN_FCM_CREDENTIALS_FILE, or PUSHPLAN_FCM_PROJECT$"):
+        adapter_for(channel_settings(tmp_path, fcm_token="fcm-token"), "push")
     with pytest.raises(ValueError, match="unknown channel 'pigeon'"):
         adapter_for(channel_settings(tmp_path), "pigeon")
 
@@ -488,3 +492,19 @@ def test_adapter_for_keeps_one_adapter_per_channel(tmp_path: Path) -> None:
     settings = channel_settings(tmp_path)
     assert adapter_for(settings, "sandbox") is adapter_for(settings, "sandbox")
     assert adapter_for(settings, "email") is not adapter_for(settings, "sandbox")
+
+
+def test_channel_secrets_are_hidden_in_settings_but_tell_adapters_apart(tmp_path: Path) -> None:
+    settings = channel_settings(tmp_path, webhook_url="http://127.0.0.1:9/", webhook_secret=SECRET)
+    other = channel_settings(tmp_path, webhook_url="http://127.0.0.1:9/", webhook_secret="another-secret")
+
+    assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
+    assert adapter_for(settings, "webhook") is not adapter_for(other, "webhook")
+
+    @per_settings
+    def secret_of(settings: Settings) -> str | None:
+        return settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+
+    # Both dump to the same JSON ("**********"): the cache must still build one client each.
+    assert settings.model_dump_json() == other.model_dump_json()
+    assert (secret_of(settings), secret_of(other)) == (SECRET, "another-secret")
