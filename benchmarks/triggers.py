@@ -352,7 +352,8 @@ def _run(args: argparse.Namespace) -> None:
         print(f"index built from {stored:,} stored events by the next import: {seconds:.1f} s", flush=True)
 
         store: PlanStore = deployment.store
-        key = create_key(store, Role.campaign)
+        key = create_key(store, Role.campaign)  # creates the campaigns
+        events_key = create_key(store, Role.events)  # posts the load, as an app backend would
         port = free_port()
         server = deployment.start("serve", "--host", "127.0.0.1", "--port", str(port))
         deployment.start(
@@ -380,10 +381,10 @@ def _run(args: argparse.Namespace) -> None:
         rate_batches = args.rate / args.batch
         warm = batches(int(args.warmup_seconds * rate_batches), args.batch, users, rng, "warm")
         timed = batches(int(args.minutes * 60 * rate_batches), args.batch, users, rng, "run")
-        post_at_rate(port, key, warm, rate_batches, args.connections)
+        post_at_rate(port, events_key, warm, rate_batches, args.connections)
         print(f"load average before the run: {load()}", flush=True)
         began = time.perf_counter()
-        sent = post_at_rate(port, key, timed, rate_batches, args.connections)
+        sent = post_at_rate(port, events_key, timed, rate_batches, args.connections)
         elapsed = time.perf_counter() - began
         print(f"load average after the run: {load()}", flush=True)
         backlog = pending_count(store)

@@ -1,9 +1,11 @@
-"""`pushplan campaign dispatch|pause|resume|cancel|status|trigger`: control a campaign's sends, and
-see a triggered campaign's firings."""
+"""`pushplan campaign dispatch|pause|resume|cancel|status|trigger|approve|reject`: control a campaign's
+sends, see a triggered campaign's firings, and decide on a sensitive one. Each change is written to
+the audit trail as the command line's (`cli:<login>`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,17 +18,21 @@ app = typer.Typer(help="Start, pause, resume or cancel a campaign's sends.", no_
 
 def _control(campaign_id: str, action: str) -> None:
     from dispatch.control import TransitionRefused, control
+    from pushplan.db.audit import append, cli_actor
     from pushplan.db.engine import migrate
     from pushplan.db.store import PlanStore
     from pushplan.domain import NoSuchCampaign
 
     settings = get_settings()
     migrate(settings)
+    store = PlanStore(settings)
     try:
-        state, cancelled = control(PlanStore(settings), campaign_id, action)
+        state, cancelled = control(store, campaign_id, action)
     except (NoSuchCampaign, TransitionRefused) as exc:
+        append(store, cli_actor(), f"cli campaign {action}", target=campaign_id, outcome="refused")
         err.print(f"[red]{exc}[/]", highlight=False)
         raise typer.Exit(code=2) from None
+    append(store, cli_actor(), f"cli campaign {action}", target=campaign_id, outcome="ok")
     extra = f"; {cancelled:,} items cancelled" if action == "cancel" else ""
     out.print(f"campaign {campaign_id!r} is {state.value}{extra}", highlight=False)
     campaign_status(campaign_id)
@@ -94,6 +100,65 @@ def campaign_trigger(campaign_id: str) -> None:
     table.add_row("users sent", f"{shown.users_sent:,}{users}")
     table.add_row("events waiting", f"{shown.pending_events:,}")
     out.print(table)
+
+
+def _decide(campaign_id: str, approve: bool, comment: str, by: str | None) -> None:
+    import getpass
+
+    from pushplan.approvals import ApprovalRefused
+    from pushplan.db.audit import Actor, append
+    from pushplan.db.engine import migrate
+    from pushplan.db.store import PlanStore
+
+    settings = get_settings()
+    migrate(settings)
+    store = PlanStore(settings)
+    actor = Actor(f"cli:{by or getpass.getuser()}", role="approver", source="cli")
+    verb = "approve" if approve else "reject"
+    try:
+        meta = store.decide_approval(
+            campaign_id, approve=approve, by=actor.actor, comment=comment, now=datetime.now(UTC)
+        )
+    except ApprovalRefused as exc:
+        append(
+            store,
+            actor,
+            f"cli campaign {verb}",
+            target=campaign_id,
+            outcome="refused",
+            detail={"comment": comment},
+        )
+        err.print(f"[red]{exc}[/]", highlight=False)
+        raise typer.Exit(code=2) from None
+    if meta is None:
+        err.print(f"[red]no campaign {campaign_id!r}[/]", highlight=False)
+        raise typer.Exit(code=2)
+    append(
+        store, actor, f"cli campaign {verb}", target=campaign_id, outcome="ok", detail={"comment": comment}
+    )
+    out.print(
+        f"campaign {campaign_id!r} is {meta.approval.value} by {actor.actor}: {comment}", highlight=False
+    )
+
+
+COMMENT = typer.Option("--comment", "-m", help="Why: kept with the decision and in the audit trail.")
+BY = typer.Option(help="Who decides (default: the login name); never the one who wrote the campaign.")
+
+
+@app.command("approve")
+def campaign_approve(
+    campaign_id: str, comment: Annotated[str, COMMENT], by: Annotated[str | None, BY] = None
+) -> None:
+    """Approve a draft (a sensitive campaign) so that it may dispatch."""
+    _decide(campaign_id, True, comment, by)
+
+
+@app.command("reject")
+def campaign_reject(
+    campaign_id: str, comment: Annotated[str, COMMENT], by: Annotated[str | None, BY] = None
+) -> None:
+    """Reject a draft, saying why: it cannot dispatch until its spec changes."""
+    _decide(campaign_id, False, comment, by)
 
 
 def print_dispatch_counts(counts: Any, title: str) -> None:

@@ -189,7 +189,7 @@ def _demo_responses(settings: Any, campaign_id: str, sim_dir: Path) -> None:
         after = page[-1].plan_id
     sent = read_outbox(settings.sandbox_dir / "outbox.jsonl", campaign_id)
     events = answer_sends(Population.load(sim_dir), campaign, sent, holdouts)
-    key = create_key(store, Role.campaign)
+    key = create_key(store, Role.events)  # what an app backend gets: it may post events, nothing else
     with running_service(settings.data_dir, key) as service, service.client() as client:
         totals = post_events(client, events)
     kinds = Counter(events["event_type"])

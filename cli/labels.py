@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.output import err, out
-from pushplan.settings import get_settings
+from pushplan.settings import Settings, get_settings
 
 app = typer.Typer(help="Custom labels: named rules recomputed with the feature tables.", no_args_is_help=True)
 
@@ -19,6 +19,14 @@ AUTHOR = typer.Option(help="Who defines it (default: the login name).")
 
 def _author(author: str | None) -> str:
     return author or getpass.getuser()
+
+
+def _audit(settings: Settings, action: str, name: str, author: str, **detail: object) -> None:
+    from pushplan.db.audit import Actor, append
+    from pushplan.db.store import PlanStore
+
+    actor = Actor(f"cli:{author}", role="admin", source="cli")
+    append(PlanStore(settings), actor, f"cli labels {action}", target=name, outcome="ok", detail=detail)
 
 
 @app.command("define")
@@ -38,6 +46,7 @@ def labels_define(
     except ValueError as exc:
         err.print(f"[red]label refused[/]: {exc}", highlight=False)
         raise typer.Exit(code=2) from None
+    _audit(settings, "define", name, stored.author, rule=rule, version=stored.version)
     out.print(
         f"label {stored.name!r} v{stored.version} by {stored.author}: {stored.rule} "
         "(computed at the next `pushplan features build`)",
@@ -61,6 +70,7 @@ def labels_remove(
     except KeyError as exc:
         err.print(f"[red]{exc.args[0]}[/]", highlight=False)
         raise typer.Exit(code=2) from None
+    _audit(settings, "remove", name, stored.author, version=stored.version)
     out.print(f"label {name!r} removed in v{stored.version} by {stored.author}", highlight=False)
 
 

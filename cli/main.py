@@ -12,7 +12,20 @@ from typing import TextIO
 
 import typer
 
-from cli import audiences, campaigns, demo, events, features, keys, labels, models, plans, reports, service
+from cli import (
+    audiences,
+    audit,
+    campaigns,
+    demo,
+    events,
+    features,
+    keys,
+    labels,
+    models,
+    plans,
+    reports,
+    service,
+)
 from cli.output import err
 from pushplan.settings import get_settings
 
@@ -34,6 +47,7 @@ app.command()(service.beat)
 app.command()(service.serve)
 app.command()(service.check)
 app.command()(demo.demo)
+app.command()(audit.audit)
 app.add_typer(events.app, name="events")
 app.add_typer(features.app, name="features")
 app.add_typer(models.app, name="models")

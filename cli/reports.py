@@ -67,7 +67,14 @@ def report(
             from pushplan.db.engine import migrate
 
             migrate(settings)
+            from pushplan.domain import identifier_problem
+
             built = campaign_report(settings, campaign, horizon=timedelta(hours=horizon_hours))
+            # The id names the default file: one stored before ids were restricted could climb out
+            # of the reports directory (`../`), so it needs --out.
+            problem = identifier_problem(campaign)
+            if problem is not None and out_path is None:
+                raise typer.BadParameter(f"{problem}; name the page with --out", param_hint="--campaign")
             default_out = settings.data_dir / "reports" / f"{campaign}.html"
         else:
             assert experiment_log is not None

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from pushplan.settings import Profile, Settings, get_settings
+from pushplan.settings import Profile, Settings, get_settings, per_settings
 
 app = Celery("pushplan")
 
@@ -85,3 +85,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(celery_config(get_settings()))
+
+
+@per_settings
+def app_for(settings: Settings) -> Celery:
+    """A Celery app bound to these settings' broker, for enqueueing from the service. The module's
+    `app` is configured once per process from the environment's settings; a service built with other
+    settings (tests run several, on both profiles, in one process) must still send each message to
+    its own broker, never to whichever one the process happened to configure first."""
+    bound = Celery("pushplan", set_as_current=False)
+    bound.conf.update(celery_config(settings))
+    return bound
+
+
+def enqueue(settings: Settings, task: str, *args: Any) -> None:
+    """Send `task` (by name: the service does not import the tasks modules, which load Feast and
+    MLflow) with `args` to the broker of `settings`, routed to its queue as any message is."""
+    app_for(settings).send_task(task, args=list(args))

@@ -83,7 +83,7 @@ from pydantic import SecretStr
 
 from pushplan.domain import Channel
 from pushplan.redact import scrub
-from pushplan.settings import Profile, Settings
+from pushplan.settings import Settings
 
 OUTBOX_FILE = "outbox.jsonl"
 DETAIL_MAX_CHARS = 500
@@ -207,14 +207,9 @@ class ChannelRateGate:
             raise ValueError(
                 f"PUSHPLAN_CHANNEL_RATE_PER_SECOND for {channel!r} must be positive, got {rate_per_second}"
             )
-        if settings.profile is Profile.production:
-            assert settings.redis_url  # the production validator guarantees it
-            storage_uri = settings.redis_url
-        else:
-            storage_uri = "memory://"
         self.channel = channel
         self.item = _rate_item(rate_per_second)
-        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.limits_storage_uri))
 
     def wait(self) -> None:
         while not self.limiter.hit(self.item, "pushplan", "channel", self.channel):

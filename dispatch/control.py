@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from pushplan.approvals import Approval
 from pushplan.db.schema import CampaignRow, DispatchEventRow, PlanItemRow
 from pushplan.db.store import PlanStore
 from pushplan.db.trigger_inbox import note_events
@@ -49,6 +50,16 @@ def control(store: PlanStore, campaign_id: str, action: str) -> tuple[DispatchSt
         current = DispatchState(row.dispatch_state)
         if current not in allowed:
             raise TransitionRefused(f"campaign {campaign_id!r} is {current.value}; it cannot {action}")
+        approval = Approval(row.approval)
+        if target is DispatchState.running and not approval.may_dispatch:
+            why = "; ".join(row.approval_reasons or [])
+            raise TransitionRefused(
+                f"campaign {campaign_id!r} is {approval.value} ({why}): it needs an approver's yes "
+                "before it may dispatch"
+                if approval is Approval.draft
+                else f"campaign {campaign_id!r} was rejected by {row.decided_by}: "
+                f"{row.decision_comment or 'no comment'}; change it to submit it again"
+            )
         row.dispatch_state, row.updated_at = target.value, now
         cancelled = 0
         if target is DispatchState.cancelled:

@@ -50,6 +50,18 @@ class EventType(StrEnum):
 # An app's own event name (`signup`, `coupon_claimed`): a word a rule can say (`did signup in last 7
 # days`) and a trigger can listen to. Names beginning `push_` or `opt_` are pushplan's own: one that is
 # not built in is a typo of one (`push_click`), refused rather than stored as an event nobody counts.
+# Ids that name campaigns and variants: they travel in URLs, file names (reports) and provider
+# payloads, so nothing that could climb a path or break a header.
+IDENTIFIER = re.compile(r"[A-Za-z0-9._-]{1,128}")
+IDENTIFIER_RULE = "1 to 128 of the characters A-Z a-z 0-9 . _ -"
+
+
+def identifier_problem(value: str) -> str | None:
+    if IDENTIFIER.fullmatch(value) and value.strip(".") != "":
+        return None
+    return f"{value[:40]!r} is not an id: use {IDENTIFIER_RULE}, not only dots"
+
+
 APP_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 RESERVED_EVENT_PREFIXES = ("push_", "opt_")
 BUILT_IN_EVENTS = frozenset(e.value for e in EventType)
@@ -313,7 +325,12 @@ class Objective(StrEnum):
 class Variant(BaseModel):
     """One title a campaign may send; the variant model scores it from its tags and its text."""
 
-    variant_id: str = Field(min_length=1, max_length=200, description="No control characters.")
+    variant_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description=f"An id: {IDENTIFIER_RULE}.",
+        json_schema_extra={"pattern": IDENTIFIER.pattern},
+    )
     title: str = Field(
         min_length=1,
         description="One line, no control characters; at most what each of the campaign's channels "
@@ -334,6 +351,8 @@ class Variant(BaseModel):
         if _stored(info):
             return value
         problem = _forbidden_character(info.field_name, value)
+        if problem is None and info.field_name == "variant_id":
+            problem = identifier_problem(value)
         if problem is not None:
             variant_id = value if info.field_name == "variant_id" else info.data.get("variant_id", "?")
             raise ValueError(f"variant {variant_id!r}: {problem}")
@@ -349,9 +368,13 @@ MAX_WINDOW = timedelta(days=366)
 
 
 def _iso_text(value: object) -> object:
-    if not isinstance(value, str | datetime):  # pydantic would read a number as epoch seconds
+    # pydantic would read a number as epoch seconds, and so a numeric string (a query parameter's).
+    if not isinstance(value, str | datetime) or (isinstance(value, str) and not ISO_DATE.match(value)):
         raise ValueError("must be an ISO 8601 date-time with an offset, e.g. 2026-10-06T00:00:00Z")
     return value
+
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _representable(value: datetime) -> datetime:
@@ -461,8 +484,14 @@ class Trigger(BaseModel):
 
 
 class Campaign(BaseModel):
-    # The lengths are those of the plan store's columns.
-    campaign_id: str = Field(min_length=1, max_length=200)
+    # The lengths are those of the plan store's columns; new ids are held to IDENTIFIER (older stored
+    # ones still load).
+    campaign_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description=f"An id: {IDENTIFIER_RULE}.",
+        json_schema_extra={"pattern": IDENTIFIER.pattern},
+    )
     name: str = Field(max_length=500)
     channels: list[Channel] = Field(min_length=1, description="Ordered by preference.")
     variants: list[Variant] = Field(min_length=1)
@@ -487,6 +516,8 @@ class Campaign(BaseModel):
     # A triggered campaign plans one item per firing of its trigger, while its window is open (the
     # window is when it listens); it is never planned whole (docs/triggers.md).
     trigger: Trigger | None = None
+    # Needs an approver's yes before dispatch, whatever its channels and size (pushplan.approvals).
+    sensitive: bool = Field(default=False, strict=True)
 
     @field_validator("fallback_after", mode="before")
     @classmethod
@@ -518,6 +549,14 @@ class Campaign(BaseModel):
     def _audience_parses(cls, value: str | None) -> str | None:
         if value is not None:
             parse_rule(value)  # RuleError is a ValueError: pydantic reports it on `audience`
+        return value
+
+    @field_validator("campaign_id")
+    @classmethod
+    def _campaign_id_is_an_id(cls, value: str, info: ValidationInfo) -> str:
+        problem = None if _stored(info) else identifier_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

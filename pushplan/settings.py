@@ -131,6 +131,39 @@ class Settings(BaseSettings):
         "send-hour model scores hours and each slot takes its hour's score.",
     )
 
+    api_rate_limit: str = Field(
+        default="1000/second;30000/minute",
+        description="Requests each API key may make, in the `limits` library's notation (`;` between "
+        "windows); over it the service answers 429 with Retry-After. Counted in Redis in production, so "
+        "all service processes share one count.",
+    )
+    api_docs: bool | None = Field(
+        default=None,
+        description="Serve /docs, /redoc and /openapi.json; by default on in the local profile and off in "
+        "production.",
+    )
+    metrics_access: Literal["open", "key", "off"] | None = Field(
+        default=None,
+        description="Who may read /metrics: `open`, `key` (an operator or admin key, in X-API-Key or as "
+        "`Authorization: Bearer`) or `off`; by default open locally and `key` in production.",
+    )
+    priority_ceiling: int = Field(
+        default=10, description="Highest campaign priority a team's keys may set, unless listed below."
+    )
+    team_priority_ceilings: dict[str, int] = Field(
+        default_factory=dict, description='Per team, its own priority ceiling (JSON: {"growth": 20}).'
+    )
+    approval_audience_above: int | None = Field(
+        default=None,
+        ge=0,
+        description="A campaign whose audience selects more users than this needs an approver's yes before "
+        "it may dispatch (besides campaigns flagged `sensitive` and those on sms or email); unset: no "
+        "size rule.",
+    )
+    approval_webhook_url: str | None = Field(
+        default=None, description="Where approvers are told that a campaign waits for approval (a POST)."
+    )
+
     webhook_url: str | None = Field(default=None, description="Where the `webhook` channel POSTs.")
     webhook_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key that signs webhook bodies (X-Pushplan-Signature)."
@@ -237,6 +270,41 @@ class Settings(BaseSettings):
             if missing:
                 raise ValueError(f"the production profile needs {' and '.join(missing)} to be set")
         return self
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        from limits import parse_many  # at validation only: importing settings stays light
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit such as '1000/second;30000/minute'") from exc
+        return value
+
+    @property
+    def limits_storage_uri(self) -> str:
+        """Where rate limits (the `limits` library's) count: Redis in production, shared by every
+        process; memory locally, where one process serves."""
+        if self.profile is Profile.production:
+            assert self.redis_url  # the production validator guarantees it
+            return self.redis_url
+        return "memory://"
+
+    @property
+    def docs_served(self) -> bool:
+        """Whether /docs, /redoc and /openapi.json are served (api_docs, or the profile's default)."""
+        return self.api_docs if self.api_docs is not None else self.profile is Profile.local
+
+    @property
+    def metrics_mode(self) -> Literal["open", "key", "off"]:
+        """Who may read /metrics (metrics_access, or the profile's default)."""
+        if self.metrics_access is not None:
+            return self.metrics_access
+        return "open" if self.profile is Profile.local else "key"
+
+    def priority_ceiling_of(self, team: str) -> int:
+        return self.team_priority_ceilings.get(team, self.priority_ceiling)
 
     def sql_url(self, local_file: str) -> str:
         """Where a SQL store lives: PostgreSQL in production, a SQLite file under the data dir locally."""

@@ -13,8 +13,9 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
+from pushplan.db.campaigns import CampaignMeta
 from pushplan.db.store import PlanStore
-from serving.keys import Role, role_of
+from serving.keys import Caller, Role
 from serving.scoring import ModelSet
 
 
@@ -37,7 +38,7 @@ ModelsDep = Annotated[ModelSet, Depends(model_set)]
 API_KEY = APIKeyHeader(
     name="X-API-Key",
     scheme_name="ApiKey",
-    description="`pushplan keys create --role campaign|operator|admin` prints one.",
+    description="`pushplan keys create --role campaign|events|operator|approver|admin --team T` prints one.",
     auto_error=False,
 )
 
@@ -69,27 +70,58 @@ def unprocessable(description: str) -> dict[int | str, dict[str, Any]]:
 
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "No X-API-Key, or an unknown or revoked one."},
+    401: {"model": Problem, "description": "No X-API-Key, or an unknown, revoked or expired one."},
     403: {"model": Problem, "description": "The key's role may not do this."},
+    413: {"model": Problem, "description": "The request body is over 8 MiB."},
+    429: {
+        "model": Problem,
+        "description": "The key's rate limit is reached; Retry-After says in how many seconds to retry.",
+    },
 }
 
 
-def require(*roles: Role) -> Callable[..., Role]:
-    """A dependency admitting callers whose key has one of `roles` (admin always): 401 / 403 otherwise."""
+def require(*roles: Role) -> Callable[..., Caller]:
+    """A dependency admitting callers whose key has one of `roles` (admin always): 403 otherwise.
 
-    def check(request: Request, x_api_key: Annotated[str | None, Security(API_KEY)]) -> Role:
-        if not x_api_key:
+    The key itself was checked by serving.guard before the body was read (401 there); the
+    `Security` parameter only declares the scheme in the OpenAPI schema."""
+
+    def check(request: Request, x_api_key: Annotated[str | None, Security(API_KEY)]) -> Caller:
+        caller: Caller | None = getattr(request.state, "caller", None)
+        if caller is None:  # not behind the guard: nothing vouches for the key
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header")
-        role = role_of(plan_store(request), x_api_key)
-        if role is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key")
-        if role is not Role.admin and role not in roles:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {role} key cannot do this")
-        return role
+        if not caller.is_admin and caller.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {caller.role} key cannot do this")
+        return caller
 
     return check
 
 
-CampaignRole = Annotated[Role, Depends(require(Role.campaign))]
-ReaderRole = Annotated[Role, Depends(require(Role.campaign, Role.operator))]
-OperatorRole = Annotated[Role, Depends(require(Role.operator))]
+def owned(store: PlanStore, caller: Caller, campaign_id: str) -> CampaignMeta:
+    """The campaign's record if the caller's team owns it (admins: any); 404 otherwise, the same as
+    for a campaign that does not exist, so one team cannot learn another's ids."""
+    meta = store.campaign_meta(campaign_id)
+    if meta is None or not caller.may_see(meta.team):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    return meta
+
+
+def audit_note(request: Request, *, target: str | None = None, **detail: Any) -> None:
+    """What serving.guard's audit row of this call should say beyond its route and outcome."""
+    if target is not None:
+        request.state.audit_target = target
+    if detail:
+        request.state.audit_detail = {**(getattr(request.state, "audit_detail", None) or {}), **detail}
+
+
+def not_audited(request: Request) -> None:
+    """This call changes nothing (a dry run, a preview): no audit row."""
+    request.state.audit_skip = True
+
+
+CampaignRole = Annotated[Caller, Depends(require(Role.campaign))]
+EventsRole = Annotated[Caller, Depends(require(Role.events))]
+ReaderRole = Annotated[Caller, Depends(require(Role.campaign, Role.operator, Role.approver))]
+OperatorRole = Annotated[Caller, Depends(require(Role.operator, Role.approver))]
+ApproverRole = Annotated[Caller, Depends(require(Role.approver))]
+AdminRole = Annotated[Caller, Depends(require())]

@@ -8,11 +8,23 @@ The schema is owned by the Alembic migrations beside it (`pushplan/db/migrations
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+@overload
+def utc(moment: datetime) -> datetime: ...
+@overload
+def utc(moment: None) -> None: ...
+def utc(moment: datetime | None) -> datetime | None:
+    """A stored instant as an aware UTC datetime: SQLite hands back naive ones for timezone-aware
+    columns (they were written in UTC); PostgreSQL's are aware already."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -31,6 +43,15 @@ class CampaignRow(Base):
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     # A triggered campaign's event names (its `on` and `unless`), space-separated: what the inbox keeps.
     trigger_events: Mapped[str | None] = mapped_column(sa.String(1000))
+    # Who owns it and who made it (migration 0010): a key acts only on its team's campaigns.
+    team: Mapped[str] = mapped_column(sa.String(64), default="default", index=True)
+    created_by: Mapped[str | None] = mapped_column(sa.String(200))
+    # not_needed, draft (waits for an approver), approved or rejected (pushplan.approvals).
+    approval: Mapped[str] = mapped_column(sa.String(12), default="not_needed")
+    approval_reasons: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    decided_by: Mapped[str | None] = mapped_column(sa.String(200))
+    decided_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    decision_comment: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class PlanItemRow(Base):
@@ -158,6 +179,30 @@ class ApiKeyRow(Base):
     role: Mapped[str] = mapped_column(sa.String(20))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(sa.Boolean)
+    team: Mapped[str] = mapped_column(sa.String(64), default="default")
+    name: Mapped[str | None] = mapped_column(sa.String(200))  # who holds it, in words
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    rotated_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    """One state-changing call (migration 0010): who, what, when, from where, and how it ended.
+    Appended, never updated (PostgreSQL refuses UPDATE and DELETE on the table)."""
+
+    __tablename__ = "audit_log"
+
+    audit_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(sa.String(200))  # key:<id>, or cli:<os user>
+    team: Mapped[str | None] = mapped_column(sa.String(64))
+    role: Mapped[str | None] = mapped_column(sa.String(20))
+    action: Mapped[str] = mapped_column(sa.String(100))  # "POST /v1/campaigns/{campaign_id}/dispatch"
+    target: Mapped[str | None] = mapped_column(sa.String(300), index=True)
+    source: Mapped[str | None] = mapped_column(sa.String(200))  # client address, or "cli"
+    outcome: Mapped[str] = mapped_column(sa.String(40))  # HTTP status, or ok / refused: …
+    detail: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
 class LabelRow(Base):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from features.audiences import preview, schema
 from pushplan.audience_rules import MAX_RULE_CHARS, RuleError, describe
 from pushplan.domain import Channel, Instant
-from serving.deps import BODY_RESPONSES, Problem, ReaderRole, unprocessable
+from serving.deps import BODY_RESPONSES, Problem, ReaderRole, not_audited, unprocessable
 
 router = APIRouter(prefix="/v1/audiences", tags=["audiences"])
 
@@ -48,6 +48,7 @@ class Preview(BaseModel):
 def preview_audience(body: PreviewRequest, request: Request, _: ReaderRole) -> Preview:
     """Who the rule selects now: the count, the count reachable on the channels, a breakdown by
     label and a sample of users; a bad rule answers 422 naming the field and position."""
+    not_audited(request)  # a question, not a change
     settings = request.app.state.settings
     moment = body.now or datetime.now(UTC)
     try:

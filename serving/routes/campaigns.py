@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, status
+import pyarrow.parquet as pq
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Request, status
 
-from features.audiences import compile_for
+from features.audiences import compile_for, preview
 from features.event_store import EventStore
+from pushplan.approvals import Approval, approval_reasons
 from pushplan.audience_rules import RuleError
-from pushplan.db.campaigns import CampaignFrozen
+from pushplan.db.campaigns import CampaignFrozen, CampaignTaken
 from pushplan.domain import Campaign
-from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole, unprocessable
+from pushplan.settings import Settings
+from serving.approvals import notify_approvers
+from serving.deps import (
+    BODY_RESPONSES,
+    CampaignRole,
+    PlanStoreDep,
+    Problem,
+    ReaderRole,
+    audit_note,
+    owned,
+    unprocessable,
+)
 from serving.triggers import TriggerStatus, trigger_status
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -19,7 +33,14 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {
         "model": Problem,
-        "description": "The campaign's dispatch has started: its spec can no longer be replaced.",
+        "description": "The campaign's dispatch has started (its spec can no longer be replaced), or "
+        "its id is taken by another team's campaign.",
+    },
+}
+PRIORITY: dict[int | str, dict[str, Any]] = {
+    403: {
+        "model": Problem,
+        "description": "The key's role may not do this, or the priority is above its team's ceiling.",
     },
 }
 FROZEN = _CONFLICT | unprocessable(
@@ -28,24 +49,60 @@ FROZEN = _CONFLICT | unprocessable(
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=Campaign, responses=BODY_RESPONSES | FROZEN
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Campaign,
+    responses=BODY_RESPONSES | FROZEN | PRIORITY,
 )
-def create_campaign(campaign: Campaign, store: PlanStoreDep, _: CampaignRole) -> Campaign:
-    """Create a campaign, or replace one with the same `campaign_id` until its dispatch starts (then
-    only the same spec again is accepted: a retry); its variants join the catalogue the features
-    read tags from, so its sends and clicks feed the tag affinities. Titles and bodies must fit
-    every channel the campaign names."""
+def create_campaign(
+    campaign: Campaign,
+    request: Request,
+    background: BackgroundTasks,
+    store: PlanStoreDep,
+    caller: CampaignRole,
+) -> Campaign:
+    """Create a campaign in the key's team, or replace one with the same `campaign_id` until its
+    dispatch starts (then only the same spec again is accepted: a retry); its variants join the
+    catalogue the features read tags from, so its sends and clicks feed the tag affinities. Titles
+    and bodies must fit every channel the campaign names. A sensitive campaign (flagged, on sms or
+    email, or a large audience) is saved as a `draft` that an approver must approve before it may
+    dispatch (GET …/approval says why); its approvers are notified."""
+    settings = store.settings
+    audit_note(request, target=campaign.campaign_id)
+    ceiling = settings.priority_ceiling_of(caller.team)
+    if campaign.priority > ceiling and not caller.is_admin:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"priority {campaign.priority} is above team {caller.team!r}'s ceiling of {ceiling}",
+        )
     if campaign.audience is not None:
         try:
-            compile_for(store.settings, campaign.audience)
+            compile_for(settings, campaign.audience)
         except RuleError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"audience: {exc}") from None
+    reasons = approval_reasons(campaign, settings, _audience_size(settings, campaign))
     try:
-        store.save_campaign(campaign)
-    except CampaignFrozen as exc:
+        meta = store.save_campaign(
+            campaign, team=caller.team, author=caller.actor().actor, approval_reasons=reasons
+        )
+    except (CampaignFrozen, CampaignTaken) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    EventStore(store.settings).store_variants([campaign])
+    EventStore(settings).store_variants([campaign])
+    if meta.spec_changed and meta.approval is Approval.draft:
+        audit_note(request, approval="draft", reasons=reasons)
+        background.add_task(notify_approvers, settings, meta, campaign.name)
     return campaign
+
+
+def _audience_size(settings: Settings, campaign: Campaign) -> int | None:
+    """How many users the campaign's audience selects now, when a size rule asks (None: unknown)."""
+    if settings.approval_audience_above is None:
+        return None
+    if not settings.users_path.exists():
+        return None
+    if campaign.audience is None:  # everyone
+        return int(pq.read_metadata(settings.users_path).num_rows)
+    return int(preview(settings, campaign.audience, datetime.now(UTC), sample=0)["count"])
 
 
 @router.get(
@@ -54,11 +111,11 @@ def create_campaign(campaign: Campaign, store: PlanStoreDep, _: CampaignRole) ->
     responses={404: {"model": Problem, "description": "No campaign with this campaign_id."}},
 )
 def get_campaign(
-    campaign_id: Annotated[str, Path(examples=["black-friday"])], store: PlanStoreDep, _: ReaderRole
+    campaign_id: Annotated[str, Path(examples=["black-friday"])], store: PlanStoreDep, caller: ReaderRole
 ) -> Campaign:
+    owned(store, caller, campaign_id)
     campaign = store.get_campaign(campaign_id)
-    if campaign is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    assert campaign is not None  # owned() found it, and campaigns are never deleted
     return campaign
 
 
@@ -68,10 +125,11 @@ def get_campaign(
     responses={404: {"model": Problem, "description": "No campaign with this id, or it has no trigger."}},
 )
 def get_trigger_status(
-    campaign_id: Annotated[str, Path(examples=["coupon-reminder"])], store: PlanStoreDep, _: ReaderRole
+    campaign_id: Annotated[str, Path(examples=["coupon-reminder"])], store: PlanStoreDep, caller: ReaderRole
 ) -> TriggerStatus:
     """A triggered campaign's state (waiting, live, paused, budget_spent, ended), its firings by
     outcome and its budget (docs/triggers.md)."""
+    owned(store, caller, campaign_id)
     campaign = store.get_campaign(campaign_id)
     if campaign is None or campaign.trigger is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no triggered campaign {campaign_id!r}")

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
+from dispatch.celery_app import enqueue
 from dispatch.control import TransitionRefused, control, dispatch_state, item_states
 from pushplan.domain import DispatchState, Instant, NoSuchCampaign
-from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole
+from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, Problem, ReaderRole, owned
 from serving.plan_jobs import create_job, get_job
 
 router = APIRouter(tags=["dispatch"])
@@ -65,13 +66,15 @@ def _status(store: PlanStoreDep, campaign_id: str, cancelled: int = 0) -> Dispat
 
 # Not GET /dispatch: Starlette answers a wrong method on a path with the first route's Allow only.
 @router.get("/v1/campaigns/{campaign_id}/dispatch-status", response_model=DispatchStatus, responses=NOT_FOUND)
-def get_dispatch(campaign_id: CampaignId, store: PlanStoreDep, _: ReaderRole) -> DispatchStatus:
+def get_dispatch(campaign_id: CampaignId, store: PlanStoreDep, caller: ReaderRole) -> DispatchStatus:
     """Whether the campaign is sending, and its items by state: sent, suppressed (why), failed, …"""
+    owned(store, caller, campaign_id)
     return _status(store, campaign_id)
 
 
 def _controller(action: Action) -> Callable[..., DispatchStatus]:
-    def controlled(campaign_id: CampaignId, store: PlanStoreDep, _: CampaignRole) -> DispatchStatus:
+    def controlled(campaign_id: CampaignId, store: PlanStoreDep, caller: CampaignRole) -> DispatchStatus:
+        owned(store, caller, campaign_id)
         try:
             cancelled = control(store, campaign_id, action.value)[1]
         except NoSuchCampaign as exc:
@@ -85,7 +88,8 @@ def _controller(action: Action) -> Callable[..., DispatchStatus]:
 
 
 CONTROL_DOCS = {
-    Action.dispatch: "Start sending: planned items go out as they fall due (beat's due-scan).",
+    Action.dispatch: "Start sending: planned items go out as they fall due (beat's due-scan). A draft "
+    "or rejected campaign answers 409 with the reason (GET …/approval).",
     Action.pause: "Hold the campaign's sends; items not yet handed to a channel wait for resume.",
     Action.resume: "Go on sending after a pause.",
     Action.cancel: "Stop for good: items not yet handed to a channel become `cancelled`, never sent.",
@@ -137,12 +141,15 @@ def _job(row: object) -> PlanJob:
     responses=BODY_RESPONSES | NOT_FOUND | CONFLICT,
 )
 def create_plan_job(
-    campaign_id: CampaignId, body: PlanJobRequest, request: Request, store: PlanStoreDep, _: CampaignRole
+    campaign_id: CampaignId,
+    body: PlanJobRequest,
+    request: Request,
+    store: PlanStoreDep,
+    caller: CampaignRole,
 ) -> PlanJob:
     """Plan every known user of the campaign in the background, partitioned into Celery tasks;
     poll `GET /v1/plan-jobs/{job_id}` for progress."""
-    from serving.tasks import plan_partition_task
-
+    owned(store, caller, campaign_id)
     campaign = store.get_campaign(campaign_id)
     if campaign is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
@@ -151,13 +158,14 @@ def create_plan_job(
     except ValueError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     for partition in range(job.partitions):
-        plan_partition_task.apply_async(args=[job.job_id, partition])
+        enqueue(request.app.state.settings, "serving.tasks.plan_partition_task", job.job_id, partition)
     return _job(job)
 
 
 @router.get("/v1/plan-jobs/{job_id}", response_model=PlanJob, responses=NOT_FOUND)
-def read_plan_job(job_id: str, store: PlanStoreDep, _: ReaderRole) -> PlanJob:
+def read_plan_job(job_id: str, store: PlanStoreDep, caller: ReaderRole) -> PlanJob:
     job = get_job(store, job_id)
-    if job is None:
+    meta = None if job is None else store.campaign_meta(job.campaign_id)
+    if job is None or meta is None or not caller.may_see(meta.team):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no plan job {job_id!r}")
     return _job(job)

@@ -14,17 +14,19 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
+from dispatch.celery_app import enqueue
 from dispatch.control import mark_opened
 from dispatch.ledger import OptChange
 from dispatch.suppression import suppress, suppress_from_events
 from features.event_store import EventStore, ImportRefused, ImportResult
 from features.store import feature_store, push_events
-from pushplan.db.schema import PlanItemRow
+from pushplan.db.schema import CampaignRow, PlanItemRow
 from pushplan.db.store import PlanStore
 from pushplan.db.trigger_inbox import note_events
 from pushplan.domain import Channel, EventType
 from pushplan.settings import Settings
-from serving.deps import BODY_RESPONSES, CampaignRole, PlanStoreDep, unprocessable
+from serving.deps import BODY_RESPONSES, EventsRole, PlanStoreDep, unprocessable
+from serving.keys import Caller
 
 router = APIRouter(tags=["events"])
 
@@ -76,12 +78,16 @@ REFUSED = unprocessable("Not a batch, or a row breaks the events contract (nothi
 
 
 @router.post("/v1/events", response_model=EventsAccepted, responses=BODY_RESPONSES | REFUSED)
-def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: CampaignRole) -> EventsAccepted:
+def post_events(
+    body: EventsBatch, request: Request, store: PlanStoreDep, caller: EventsRole
+) -> EventsAccepted:
     """Store a batch of events (idempotent on event_id), fold sends and clicks into online fatigue, note
     opens on their plan items (a campaign's fallback re-sends only what was not opened), and put
-    `opt_out` / `unsubscribed` users on the suppression list (`opt_in` lifts it) that every send checks."""
+    `opt_out` / `unsubscribed` users on the suppression list (`opt_in` lifts it) that every send checks.
+    An event naming another team's campaign is refused (an `events` key speaks for its own team)."""
     settings = request.app.state.settings
     frame = pd.DataFrame(body.events).astype(object).where(lambda f: f.notna(), None)
+    _own_campaigns_only(store, caller, frame)
     result = _import(settings, frame)
     if {"event_type", "user_id", "timestamp"} <= set(frame.columns):
         # First: the one a user is owed. A failure after it is repaired by posting the batch again.
@@ -95,12 +101,31 @@ def post_events(body: EventsBatch, request: Request, store: PlanStoreDep, _: Cam
         # Live triggers' events to the inbox, and the firing task started: firings are planned by a
         # worker, never in this request (beat runs the task too, should this message be lost).
         if note_events(store, frame):
-            # Imported here, as the plan-job route does: importing the tasks module evaluates the
-            # Celery app's configuration, which must wait for the process's settings.
-            from serving.tasks import fire_triggers_task
-
-            fire_triggers_task.apply_async()
+            enqueue(settings, "serving.tasks.fire_triggers_task")
     return EventsAccepted(received=result.rows, stored=result.stored, already_stored=result.already_stored)
+
+
+def _own_campaigns_only(store: PlanStore, caller: Caller, frame: pd.DataFrame) -> None:
+    """Refuse the batch when a row names a campaign of another team: its opens would mark that
+    team's items, its sends and clicks would feed that team's report."""
+    if caller.is_admin or "campaign_id" not in frame:
+        return
+    named = frame["campaign_id"].dropna().astype(str)
+    with store.session() as session:
+        teams = dict(
+            session.execute(
+                sa.select(CampaignRow.campaign_id, CampaignRow.team).where(
+                    CampaignRow.campaign_id.in_(named.unique().tolist())
+                )
+            ).all()
+        )
+    for row, campaign_id in named.items():
+        if teams.get(campaign_id, caller.team) != caller.team:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                f"events row {row}: campaign_id {campaign_id!r} is not a campaign of team "
+                f"{caller.team!r}; nothing was stored",
+            )
 
 
 def _import(settings: Settings, frame: pd.DataFrame) -> ImportResult:
@@ -160,13 +185,13 @@ class FeedbackAccepted(BaseModel):
     responses=BODY_RESPONSES | REFUSED,
 )
 def post_channel_feedback(
-    channel: Channel, body: FeedbackBatch, request: Request, store: PlanStoreDep, _: CampaignRole
+    channel: Channel, body: FeedbackBatch, request: Request, store: PlanStoreDep, caller: EventsRole
 ) -> FeedbackAccepted:
     """A channel provider's bounces, unsubscribes and complaints: each puts the user on the suppression
     list for this channel at once (checked at every later send); unsubscribes and complaints are also
     stored as `unsubscribed` events (with the campaign, when a send_id names it), like any event."""
     settings = request.app.state.settings
-    sends = _sends(store, [f.send_id for f in body.feedback if f.send_id])
+    sends = _sends(store, [f.send_id for f in body.feedback if f.send_id], caller)
     changes: list[OptChange] = []
     events: list[dict[str, Any]] = []
     for index, report in enumerate(body.feedback):
@@ -199,17 +224,21 @@ def post_channel_feedback(
     return FeedbackAccepted(received=len(body.feedback), suppressed=len(changes), events_stored=stored)
 
 
-def _sends(store: PlanStore, send_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """send_id -> (user, campaign) for the send ids that name a plan item (`<plan_id>[:<step>]`)."""
+def _sends(store: PlanStore, send_ids: list[str], caller: Caller) -> dict[str, tuple[str, str]]:
+    """send_id -> (user, campaign) for the send ids that name a plan item (`<plan_id>[:<step>]`) of
+    a campaign the caller's team owns (another team's sends are as unknown as missing ones)."""
     plan_ids = {send_id.split(":", 1)[0]: send_id for send_id in send_ids}
     if not plan_ids:
         return {}
     with store.session() as session:
-        rows = session.execute(
-            sa.select(PlanItemRow.plan_id, PlanItemRow.user_id, PlanItemRow.campaign_id).where(
-                PlanItemRow.plan_id.in_(list(plan_ids))
-            )
-        ).all()
+        query = (
+            sa.select(PlanItemRow.plan_id, PlanItemRow.user_id, PlanItemRow.campaign_id)
+            .join(CampaignRow, CampaignRow.campaign_id == PlanItemRow.campaign_id)
+            .where(PlanItemRow.plan_id.in_(list(plan_ids)))
+        )
+        if not caller.is_admin:
+            query = query.where(CampaignRow.team == caller.team)
+        rows = session.execute(query).all()
     found = {plan_id: (user, campaign) for plan_id, user, campaign in rows}
     return {
         send_id: found[send_id.split(":", 1)[0]] for send_id in send_ids if send_id.split(":", 1)[0] in found

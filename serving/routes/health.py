@@ -59,6 +59,12 @@ def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=PlainTextResponse, description="Prometheus text exposition format.")
+# Its own router: served, open or behind an operator's key as PUSHPLAN_METRICS_ACCESS says.
+metrics_router = APIRouter(tags=["health"])
+
+
+@metrics_router.get(
+    "/metrics", response_class=PlainTextResponse, description="Prometheus text exposition format."
+)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

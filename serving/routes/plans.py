@@ -9,16 +9,17 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, StringConstraints
 
 from pushplan.db.plan_items import missing_to_none
-from pushplan.domain import Decision, Instant, PlanItem, PlannedByTrigger, Reason
+from pushplan.domain import IDENTIFIER, Decision, Instant, PlanItem, PlannedByTrigger, Reason
+from pushplan.redact import scrub
 from serving.capped_plan import plan_users
-from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole
+from serving.deps import CampaignRole, ModelsDep, PlanStoreDep, ReaderRole, not_audited, owned
 
 router = APIRouter(tags=["plans"])
 MAX_USERS = 10_000
 
 
 class PlanRequest(BaseModel):
-    campaign_id: str = Field(min_length=1, max_length=200)
+    campaign_id: str = Field(min_length=1, max_length=200, json_schema_extra={"pattern": IDENTIFIER.pattern})
     user_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         min_length=1, max_length=MAX_USERS
     )
@@ -52,12 +53,14 @@ class ItemsPage(BaseModel):
 
 @router.post("/v1/plans", response_model=PlanResponse)
 def create_plan(
-    body: PlanRequest, request: Request, store: PlanStoreDep, models: ModelsDep, _: CampaignRole
+    body: PlanRequest, request: Request, store: PlanStoreDep, models: ModelsDep, caller: CampaignRole
 ) -> PlanResponse:
     """Plan the listed users (up to 10,000): which variant, when, on which channel, or why not."""
+    owned(store, caller, body.campaign_id)
+    if body.dry_run:
+        not_audited(request)
     campaign = store.get_campaign(body.campaign_id)
-    if campaign is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {body.campaign_id!r}")
+    assert campaign is not None  # owned() found it, and campaigns are never deleted
     models.refresh_if_stale()
     settings = request.app.state.settings
     now = body.now or datetime.now(UTC)
@@ -83,15 +86,14 @@ def create_plan(
 def list_plan_items(
     campaign_id: str,
     store: PlanStoreDep,
-    _: ReaderRole,
+    caller: ReaderRole,
     decision: Decision | None = None,
     reason: Reason | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: str | None = None,
 ) -> ItemsPage:
     """The campaign's stored items in plan_id order, a page at a time."""
-    if store.get_campaign(campaign_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    owned(store, caller, campaign_id)
     items = store.list_items(
         campaign_id,
         decision=decision.value if decision else None,
@@ -99,4 +101,6 @@ def list_plan_items(
         limit=limit,
         after=after,
     )
-    return ItemsPage(items=items, next_after=items[-1].plan_id if len(items) == limit else None)
+    # Channel errors are scrubbed when dispatch stores them; scrubbed again for rows stored before.
+    shown = [item.model_copy(update={"detail": scrub(item.detail)}) for item in items]
+    return ItemsPage(items=shown, next_after=items[-1].plan_id if len(items) == limit else None)

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 
 from pushplan.domain import NoSuchCampaign
 from reports.campaign_log import DEFAULT_HORIZON, NothingToReport
-from serving.deps import AUTH_RESPONSES, OperatorRole, Problem
+from serving.deps import AUTH_RESPONSES, OperatorRole, PlanStoreDep, Problem, owned
 
 router = APIRouter(tags=["reports"])
 
@@ -55,12 +55,14 @@ def _report(request: Request, campaign_id: str, horizon_hours: float) -> dict[st
 def campaign_report_json(
     request: Request,
     campaign_id: CampaignId,
-    _: OperatorRole,
+    store: PlanStoreDep,
+    caller: OperatorRole,
     horizon_hours: Horizon = DEFAULT_HORIZON_HOURS,
 ) -> dict[str, Any]:
     """The campaign's uplift report: lift over the holdout per outcome with 95 % intervals, sample
     ratio check, segments (variant, local send hour, channel, user segments), funnel, uplift
     targeting (Qini) and off-policy values. The HTML page renders the same numbers."""
+    owned(store, caller, campaign_id)
     return _report(request, campaign_id, horizon_hours)
 
 
@@ -73,10 +75,12 @@ def campaign_report_json(
 def campaign_report_page(
     request: Request,
     campaign_id: CampaignId,
-    _: OperatorRole,
+    store: PlanStoreDep,
+    caller: OperatorRole,
     horizon_hours: Horizon = DEFAULT_HORIZON_HOURS,
 ) -> HTMLResponse:
     """The campaign's uplift report as one self-contained HTML page with charts."""
     from reports.page import render_html
 
+    owned(store, caller, campaign_id)
     return HTMLResponse(render_html(_report(request, campaign_id, horizon_hours)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +22,6 @@ def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
             f"pushplan {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         )
     return result
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PUSHPLAN_")}
-    return {**clean, "PUSHPLAN_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
 
 
 def stats(env: dict[str, str]) -> dict[str, object]:

@@ -15,6 +15,7 @@ from pushplan.db.store import PlanStore
 from pushplan.settings import Profile, Settings
 from serving.app import create_app
 from serving.keys import Role, create_key
+from tests import api_security
 from tests.api_audiences import audience_scenario
 from tests.features_setup import built_store
 from tests.services import REDIS_URL, scratch_database
@@ -92,3 +93,35 @@ def test_audiences_preview_and_plans_on_the_production_profile(production: Setti
     headers = {"X-API-Key": create_key(PlanStore(production), Role.campaign)}
     with TestClient(create_app(production)) as client:
         audience_scenario(client, headers, production, NOW)
+
+
+def test_security_on_the_production_profile(production: Settings) -> None:
+    """Routes × roles × teams, approvals, audit and keys on PostgreSQL (tests/api_security.py)."""
+    migrate(production)
+    with TestClient(create_app(production)) as client:
+        api_security.every_route_for_every_role_and_team(client, production)
+        api_security.cross_team_writes_are_refused(client, production)
+        api_security.approvals_hold(client, production)
+        api_security.audit_records_each_change(client, production)
+        api_security.keys_live_and_die(client, production)
+    # PostgreSQL itself refuses to change the audit trail.
+    assert production.database_url is not None
+    with psycopg.connect(production.database_url.replace("postgresql+psycopg://", "postgresql://")) as db:
+        assert db.execute("select count(*) from audit_log").fetchone()[0] > 0  # type: ignore[index]
+        for statement in ("update audit_log set outcome = '200'", "delete from audit_log"):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                db.execute(statement)
+            db.rollback()
+
+
+def test_rate_limits_are_shared_by_every_service_process(production: Settings) -> None:
+    """Two apps (two service processes' worth) count one key together, in Redis."""
+    limited = production.model_copy(update={"api_rate_limit": "6/minute"})
+    migrate(limited)
+    key = {"X-API-Key": create_key(PlanStore(limited), Role.operator)}
+    with TestClient(create_app(limited)) as first, TestClient(create_app(limited)) as second:
+        answers = [
+            (first if i % 2 else second).get("/v1/audiences/fields", headers=key).status_code
+            for i in range(7)
+        ]
+    assert answers == [200] * 6 + [429]

@@ -74,6 +74,7 @@ def test_a_triggered_campaign_fires_cancels_and_sends_once_with_a_real_worker(
             },
         }
         headers = {"X-API-Key": create_key(store, Role.campaign)}
+        app_backend = {"X-API-Key": create_key(store, Role.events)}
         deployment.start("worker", "--concurrency", "2", "--loglevel", "warning")
         deployment.start("beat", "--loglevel", "warning")
         with TestClient(create_app(settings)) as client:
@@ -92,7 +93,9 @@ def test_a_triggered_campaign_fires_cancels_and_sends_once_with_a_real_worker(
                 }
                 for i, user in enumerate([a, b, c, small, e, f])
             ]
-            assert client.post("/v1/events", json={"events": claims}, headers=headers).json()["stored"] == 6
+            assert (
+                client.post("/v1/events", json={"events": claims}, headers=app_backend).json()["stored"] == 6
+            )
             deployment.wait_until(lambda: len(_items(deployment)) == 5, "five firings planned", timeout_s=60)
             fired = _items(deployment)
             assert fired.loc[[a, b, c], "state"].tolist() == ["planned"] * 3
@@ -108,7 +111,7 @@ def test_a_triggered_campaign_fires_cancels_and_sends_once_with_a_real_worker(
             again = {**claims[0], "event_id": f"claim-again-{a}"}
             assert (
                 client.post(
-                    "/v1/events", json={"events": [purchase, *claims, again]}, headers=headers
+                    "/v1/events", json={"events": [purchase, *claims, again]}, headers=app_backend
                 ).json()["stored"]
                 == 2
             )

@@ -41,7 +41,7 @@ def test_health_readiness_and_metrics(served: tuple[TestClient, dict[Role, str],
     # Labels are route templates: unknown paths (unauthenticated, random) add one series, not one each.
     lines = len(client.get("/metrics").text.splitlines())
     for i in range(50):
-        assert client.get(f"/no/such/{i}").status_code == 404
+        assert client.get(f"/no/such/{i}").status_code == 401  # no key: refused before routing
     metrics = client.get("/metrics").text
     assert "/no/such/" not in metrics
     assert len(metrics.splitlines()) - lines <= 20  # the "unmatched" series' first buckets, and nothing more
@@ -65,10 +65,10 @@ def test_readiness_names_the_failing_store_without_its_error(
     ("method", "path", "allowed"),
     [
         ("post", "/v1/campaigns", {Role.campaign, Role.admin}),
-        ("get", "/v1/campaigns/bf", {Role.campaign, Role.operator, Role.admin}),
+        ("get", "/v1/campaigns/bf", {Role.campaign, Role.operator, Role.approver, Role.admin}),
         ("post", "/v1/plans", {Role.campaign, Role.admin}),
-        ("get", "/v1/campaigns/bf/plan-items", {Role.campaign, Role.operator, Role.admin}),
-        ("post", "/v1/events", {Role.campaign, Role.admin}),
+        ("get", "/v1/campaigns/bf/plan-items", {Role.campaign, Role.operator, Role.approver, Role.admin}),
+        ("post", "/v1/events", {Role.events, Role.admin}),
     ],
 )
 def test_auth_matrix(
@@ -188,7 +188,7 @@ def test_invalid_input_is_422_naming_the_field(served: tuple[TestClient, dict[Ro
 
 def test_events_are_validated_and_stored_whole(served: tuple[TestClient, dict[Role, str], Settings]) -> None:
     client, keys, settings = served
-    headers = {"X-API-Key": keys[Role.campaign]}
+    headers = {"X-API-Key": keys[Role.events]}
     before = EventStore(settings).stats().events
     good = [
         {
@@ -253,7 +253,7 @@ def test_events_with_mixed_timestamp_precision_are_stored_and_opens_reach_their_
             "campaign_id": "opens-api",
         },
     ]
-    response = client.post("/v1/events", json={"events": events}, headers={"X-API-Key": keys[Role.campaign]})
+    response = client.post("/v1/events", json={"events": events}, headers={"X-API-Key": keys[Role.events]})
     assert response.status_code == 200, response.text
     with store.session() as session:
         opened = session.scalar(
@@ -270,7 +270,7 @@ def test_a_body_past_the_limit_is_413(served: tuple[TestClient, dict[Role, str],
     response = client.post(
         "/v1/events",
         content=huge,
-        headers={"X-API-Key": keys[Role.campaign], "Content-Type": "application/json"},
+        headers={"X-API-Key": keys[Role.events], "Content-Type": "application/json"},
     )
     assert response.status_code == 413
 
@@ -310,7 +310,7 @@ def test_opt_outs_and_provider_feedback_reach_the_suppression_list(
     served: tuple[TestClient, dict[Role, str], Settings],
 ) -> None:
     client, keys, settings = served
-    headers = {"X-API-Key": keys[Role.campaign]}
+    headers = {"X-API-Key": keys[Role.events]}
     store = PlanStore(settings)
     start = datetime(2026, 12, 1, tzinfo=UTC)
     c = campaign("feedback", start, channels=["sms"])

@@ -1,9 +1,12 @@
-"""Schemathesis over the service's own OpenAPI schema: no operation answers 5xx, whatever it is sent.
+"""Schemathesis over the service's own OpenAPI schema: no operation answers 5xx, whatever it is sent,
+and no key reaches another team's campaign.
 
 Every operation gets the examples in the schema, schemathesis's coverage cases and a bounded,
 derandomized run of generated requests (valid and invalid), sent in process to the app with an
 admin key, so auth never hides a handler. Each response must pass schemathesis's checks: no 5xx,
-documented status codes, content types and bodies, invalid input refused, auth enforced.
+documented status codes, content types and bodies, invalid input refused, auth enforced. Then the
+same cases are sent with a key of each other role from a team that does not own the known campaign:
+the same checks, and nothing about that campaign may answer 2xx.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from fastapi.testclient import TestClient
 from hypothesis import settings
 from schemathesis import Case
 
+from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
 from serving.app import create_app
-from serving.keys import Role
+from serving.keys import Role, create_key
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +86,7 @@ FORWARD = _Forward()
 schema = schemathesis.openapi.from_dict(create_app().openapi(), config=CONFIG)
 schema.app = FORWARD  # as schemathesis.openapi.from_asgi does: requests and its own probes go there
 ADMIN_KEY: dict[str, str] = {}  # filled by `fuzzed_app`
+OUTSIDERS: dict[Role, str] = {}  # a key of every other role, of a team that owns no campaign here
 # Schemathesis builds its coverage cases while collecting, before any fixture made a key.
 PENDING_KEY = "pp_pending_admin-key-of-fuzzed_app"
 
@@ -108,9 +113,14 @@ def fuzzed_app(served: ServedApi) -> Iterator[FastAPI]:
     created = client.post("/v1/campaigns", json=CAMPAIGN, headers={"X-API-Key": keys[Role.admin]})
     assert created.status_code == 201, created.text
     FORWARD.target, ADMIN_KEY["key"] = create_app(settings), keys[Role.admin]
+    store = PlanStore(settings)
+    OUTSIDERS.update(
+        {role: create_key(store, role, team="outsiders") for role in Role if role is not Role.admin}
+    )
     yield FORWARD.target
     FORWARD.target = None
     ADMIN_KEY.clear()
+    OUTSIDERS.clear()
 
 
 @schema.parametrize()
@@ -119,3 +129,14 @@ def test_no_operation_answers_5xx(case: Case, fuzzed_app: FastAPI) -> None:
     if case.headers.get("X-API-Key") == PENDING_KEY:
         case.headers["X-API-Key"] = ADMIN_KEY["key"]
     case.call_and_validate()
+    if "X-API-Key" not in (case.headers or {}):
+        return  # a case about the missing key itself
+    for role, key in OUTSIDERS.items():
+        case.headers["X-API-Key"] = key
+        response = case.call_and_validate()
+        known = str(CAMPAIGN["campaign_id"])
+        touches = known in f"{case.formatted_path} {case.body!r}"
+        assert not (touches and response.status_code < 300), (
+            f"an outsider's {role} key reached {known}: {case.method} {case.formatted_path} "
+            f"answered {response.status_code}"
+        )

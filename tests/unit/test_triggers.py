@@ -30,6 +30,8 @@ from serving.keys import Role, create_key
 from serving.triggers import fire_triggers, trigger_status
 from tests.features_setup import built_store
 
+EVENTS_HEADERS: dict[str, str] = {}
+
 
 @pytest.fixture(scope="module")
 def app(
@@ -40,6 +42,8 @@ def app(
     built_store(settings, sim_dir)
     migrate(settings)
     headers = {"X-API-Key": create_key(PlanStore(settings), Role.campaign)}
+    # Events come from the app's backend, with a key that may post events and nothing else.
+    EVENTS_HEADERS["X-API-Key"] = create_key(PlanStore(settings), Role.events)
     with TestClient(create_app(settings)) as client:
         yield client, headers, settings
 
@@ -76,7 +80,8 @@ def event(event_id: str, user: str, kind: str, at: datetime, **more: Any) -> dic
 
 
 def post(client: TestClient, headers: dict, events: list[dict[str, Any]]) -> dict[str, int]:
-    answer = client.post("/v1/events", json={"events": events}, headers=headers)
+    """Post events as the app's backend does (`headers`, the campaign system's, are not used)."""
+    answer = client.post("/v1/events", json={"events": events}, headers=EVENTS_HEADERS)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
