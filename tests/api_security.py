@@ -194,6 +194,11 @@ def cross_team_writes_are_refused(client: TestClient, settings: Settings) -> Non
     assert taken.status_code == 409
     retail_view = client.get("/v1/campaigns/retail-owned", headers=retail).json()
     assert retail_view["name"] == "Campaign retail-owned"
+    # An admin may replace it; it stays retail's.
+    renamed = spec("retail-owned", name="Renamed by an admin")
+    assert client.post("/v1/campaigns", json=renamed, headers={"X-API-Key": keys.admin}).status_code == 201
+    assert client.get("/v1/campaigns/retail-owned", headers=retail).json()["name"] == "Renamed by an admin"
+    assert client.get("/v1/campaigns/retail-owned/approval", headers=retail).json()["team"] == "retail"
     # A team's ceiling on priority; admins are not held to it.
     high = spec("growth-loud", priority=settings.priority_ceiling + 1)
     ceiling = client.post("/v1/campaigns", json=high, headers=keys.headers("growth", Role.campaign))

@@ -81,10 +81,12 @@ def create_campaign(
         except RuleError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"audience: {exc}") from None
     reasons = approval_reasons(campaign, settings, _audience_size(settings, campaign))
+    team = caller.team
+    if caller.is_admin:  # an admin may replace any team's campaign, which stays that team's
+        existing = store.campaign_meta(campaign.campaign_id)
+        team = existing.team if existing is not None else team
     try:
-        meta = store.save_campaign(
-            campaign, team=caller.team, author=caller.actor().actor, approval_reasons=reasons
-        )
+        meta = store.save_campaign(campaign, team=team, author=caller.actor().actor, approval_reasons=reasons)
     except (CampaignFrozen, CampaignTaken) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     EventStore(settings).store_variants([campaign])
