@@ -1,5 +1,6 @@
 """The API as an attacker and as operators meet it, run by the local and the production profile's tests:
-every route for every role of two teams, approvals, the audit trail and the keys' lifecycle.
+every route for every role of two teams, approvals, the audit trail, the keys' lifecycle, and the
+body limit over a real socket.
 
 Two teams, `growth` and `retail`, each with a key of every role but admin; one admin key. Each team
 owns a campaign. A key must reach its own team's campaign (anything but 401/403/404), get 404 for
@@ -9,15 +10,22 @@ the other team's (as for a campaign that does not exist) and 403 for a route its
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
+import uvicorn
 from fastapi.testclient import TestClient
 
 from pushplan.db.schema import ApiKeyRow
 from pushplan.db.store import PlanStore
 from pushplan.settings import Settings
+from serving.app import create_app
+from serving.guard import MAX_BODY_BYTES
 from serving.keys import Role, create_key
 
 NOW = "2026-10-06T00:00:00Z"
@@ -354,3 +362,51 @@ def keys_live_and_die(client: TestClient, settings: Settings) -> None:
     ]
     assert trail[0]["detail"] == {"role": "operator", "team": "retail"}
     assert not any(secret.split("_")[2] in json.dumps(trail) for secret in (made.json()["key"], key))
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app in a real uvicorn server on a free port (chunked uploads need a real socket): its URL."""
+    from cli.demo import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                threading.Event().wait(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def body_limit_holds(url: str, settings: Settings) -> None:
+    """A chunked body (no Content-Length) with a bad key is refused before it is read; with a good key
+    it is cut off at the limit; a declared length over it is refused unread; under it, a chunked body
+    reaches the route whole."""
+    events_key = create_key(PlanStore(settings), Role.events)
+
+    def chunks(total: int) -> Iterator[bytes]:
+        for _ in range(total >> 16):
+            yield b" " * (1 << 16)
+
+    headers = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        bad = client.post("/v1/events", content=chunks(12 << 20), headers=headers | {"X-API-Key": "pp_0_x"})
+        assert bad.status_code == 401  # FastAPI alone reads all 12 MiB first and answers 422
+        good = headers | {"X-API-Key": events_key}
+        big = client.post("/v1/events", content=chunks(12 << 20), headers=good)
+        assert big.status_code == 413 and str(MAX_BODY_BYTES) in big.json()["detail"]
+        declared = client.post("/v1/events", content=b" " * (MAX_BODY_BYTES + 1), headers=good)
+        assert declared.status_code == 413
+        event = {"event_id": "chunked-1", "user_id": "u1", "event_type": "app_open", "timestamp": NOW}
+        body = json.dumps({"events": [event]}).encode()
+        small = client.post("/v1/events", content=iter([body[:10], body[10:]]), headers=good)
+        assert small.status_code == 200 and small.json()["stored"] == 1, small.text

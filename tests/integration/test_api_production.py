@@ -114,6 +114,12 @@ def test_security_on_the_production_profile(production: Settings) -> None:
             db.rollback()
 
 
+def test_the_body_limit_holds_for_chunked_uploads_on_the_production_profile(production: Settings) -> None:
+    migrate(production)
+    with api_security.live_server(production) as url:
+        api_security.body_limit_holds(url, production)
+
+
 def test_rate_limits_are_shared_by_every_service_process(production: Settings) -> None:
     """Two apps (two service processes' worth) count one key together, in Redis."""
     limited = production.model_copy(update={"api_rate_limit": "6/minute"})
@@ -125,3 +131,14 @@ def test_rate_limits_are_shared_by_every_service_process(production: Settings) -
             for i in range(7)
         ]
     assert answers == [200] * 6 + [429]
+
+
+def test_a_key_revoked_through_one_process_is_refused_by_another(production: Settings) -> None:
+    migrate(production)
+    store = PlanStore(production)
+    admin = {"X-API-Key": create_key(store, Role.admin)}
+    key = create_key(store, Role.operator)
+    with TestClient(create_app(production)) as first, TestClient(create_app(production)) as second:
+        assert second.get("/v1/audiences/fields", headers={"X-API-Key": key}).status_code == 200
+        assert first.post(f"/v1/keys/{key.split('_')[1]}/revoke", headers=admin).status_code == 200
+        assert second.get("/v1/audiences/fields", headers={"X-API-Key": key}).status_code == 401

@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from cli.demo import free_port
 from dispatch.channels import verify_signature
 from pushplan.db.store import PlanStore
 from pushplan.settings import Profile, Settings
 from serving.app import create_app
-from serving.guard import MAX_BODY_BYTES
 from serving.keys import Role, create_key
 from tests import api_security
 
@@ -55,66 +50,10 @@ def test_keys_live_and_die(served: ServedApi) -> None:
     api_security.keys_live_and_die(client, settings)
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[str, Settings]]:
-    """The app in a real uvicorn server on a free port: chunked uploads need a real socket."""
+def test_the_body_limit_holds_for_chunked_uploads_and_the_key_comes_first(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            threading.Event().wait(0.05)
-    yield url, settings
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def test_the_body_limit_holds_for_chunked_uploads_and_the_key_comes_first(live: tuple[str, Settings]) -> None:
-    url, settings = live
-    events_key = create_key(PlanStore(settings), Role.events)
-    streamed: list[int] = []
-
-    def chunks(total: int) -> Iterator[bytes]:
-        sent = 0
-        while sent < total:
-            streamed.append(1)
-            sent += 1 << 16
-            yield b" " * (1 << 16)
-
-    headers = {"Content-Type": "application/json"}
-    # No Content-Length: transfer-encoding chunked; 12 MiB with a bad key is refused before it is read.
-    with httpx.Client(base_url=url, timeout=30) as client:
-        bad = client.post("/v1/events", content=chunks(12 << 20), headers=headers | {"X-API-Key": "pp_0_x"})
-        assert bad.status_code == 401
-        streamed.clear()
-        big = client.post("/v1/events", content=chunks(12 << 20), headers=headers | {"X-API-Key": events_key})
-        assert big.status_code == 413 and str(MAX_BODY_BYTES) in big.json()["detail"]
-        declared = client.post(
-            "/v1/events",
-            content=b" " * (MAX_BODY_BYTES + 1),
-            headers=headers | {"X-API-Key": events_key},
-        )
-        assert declared.status_code == 413
-        # Under the limit, chunked, the body reaches the route whole.
-        event = {
-            "event_id": "chunked-1",
-            "user_id": "u1",
-            "event_type": "app_open",
-            "timestamp": "2026-10-06T00:00:00Z",
-        }
-        body = json.dumps({"events": [event]}).encode()
-        small = client.post(
-            "/v1/events",
-            content=iter([body[:10], body[10:]]),
-            headers=headers | {"X-API-Key": events_key},
-        )
-        assert small.status_code == 200 and small.json()["stored"] == 1, small.text
+    with api_security.live_server(settings) as url:
+        api_security.body_limit_holds(url, settings)
 
 
 def test_rate_limits_answer_429_with_retry_after_per_key(tmp_path: Path) -> None:
