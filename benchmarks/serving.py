@@ -43,6 +43,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -211,8 +212,8 @@ def wait_ready(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def served(settings: Settings, log: Path) -> Iterator[int]:
-    """`pushplan serve` as its own process, on the benchmark's settings; yields its port when ready."""
+def served(settings: Settings, log: Path, workers: int = 1) -> Iterator[int]:
+    """`pushplan serve` as its own process(es), on the benchmark's settings; yields its port when ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHPLAN_")}
     env.update(
@@ -223,7 +224,14 @@ def served(settings: Settings, log: Path) -> Iterator[int]:
         PUSHPLAN_FEAST_PROJECT=settings.feast_project,
         PYTHONWARNINGS="ignore",
     )
-    command = [str(Path(sys.executable).with_name("pushplan")), "serve", "--host", "127.0.0.1"]
+    command = [
+        str(Path(sys.executable).with_name("pushplan")),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        str(workers),
+    ]
     with log.open("w") as out:
         server = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=out, stderr=out)
         try:
@@ -262,6 +270,78 @@ def paced(port: int, key: str, bodies: list[bytes], rate: float) -> tuple[np.nda
     elapsed = time.perf_counter() - start
     connection.close()
     return latency, lateness, len(bodies) / elapsed
+
+
+def under_load(
+    port: int, key: str, bodies: list[bytes], connections: int, rate: float | None = None
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Send the bodies over `connections` keep-alive connections at once, one thread each taking the
+    next body. Closed loop without `rate` (each sends as soon as its last answer is back: the
+    throughput); open loop with it (body i due at start + i / rate, so a slow answer does not slow the
+    schedule while a connection is free). Returns the latencies (ms), the achieved rate, and which
+    were sent more than 1 ms after they were due (every connection busy)."""
+    latency = np.empty(len(bodies))
+    late = np.zeros(len(bodies), dtype=bool)
+    headers = {"Content-Type": "application/json", "X-API-Key": key}
+    taken = iter(range(len(bodies)))
+    lock = threading.Lock()
+    failures: list[str] = []
+    start = time.perf_counter()
+
+    def sender() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while True:
+            with lock:
+                i = next(taken, None)
+            if i is None:
+                break
+            if rate is not None:
+                due = start + i / rate
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                late[i] = time.perf_counter() - due > 0.001
+            sent = time.perf_counter()
+            connection.request("POST", "/v1/plans", body=bodies[i], headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            latency[i] = (time.perf_counter() - sent) * 1000
+            if response.status != 200:
+                failures.append(f"{response.status} {payload[:300]!r}")
+                break
+        connection.close()
+
+    threads = [threading.Thread(target=sender) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"POST /v1/plans: {failures[0]}")
+    return latency, len(bodies) / (time.perf_counter() - start), late
+
+
+def load_figures(settings: Settings, root: Path, key: str, bodies: Any, args: argparse.Namespace) -> None:
+    """Item 5 of issue 20, per uvicorn worker count: requests/s at --connections concurrent
+    connections (closed loop, dry runs), and latency at --load-rate requests/s (open loop, stored)."""
+    for workers in args.workers:
+        with served(settings, root / f"serve-{workers}.log", workers=workers) as port:
+            under_load(port, key, bodies(True)[: args.warmup], args.connections)  # every worker warm
+            latency, achieved, _ = under_load(port, key, bodies(True), args.connections)
+            print(
+                f"{workers} worker(s), {args.connections} connections, closed loop, dry_run=true: "
+                f"{achieved:.0f} requests/s ({achieved / 2:.0f} per core); "
+                f"{percentiles(latency[args.warmup :])}",
+                flush=True,
+            )
+            latency, achieved, late = under_load(port, key, bodies(False), args.connections, args.load_rate)
+            print(
+                f"{workers} worker(s), open loop at {args.load_rate:.0f} requests/s, dry_run=false: "
+                f"{percentiles(latency[args.warmup :])}, achieved {achieved:.0f} requests/s, "
+                f"{int(late[args.warmup :].sum()):,} of {late[args.warmup :].size:,} sent late "
+                f"(all {args.connections} connections busy)",
+                flush=True,
+            )
 
 
 def service_figures(root: Path, args: argparse.Namespace) -> Any:
@@ -317,6 +397,8 @@ def service_figures(root: Path, args: argparse.Namespace) -> Any:
                 f"  sent late (previous answer not back in time): {int((late > 1).sum())} of {late.size:,}",
                 flush=True,
             )
+    if args.workers:
+        load_figures(settings, root, key, bodies, args)
     print(f"load average after the requests: {load()}", flush=True)
     floor_ms, planned_ms = floor_figures(settings, store, campaign, known, now, args.floor_iterations)
     for dry_run, measured in results.items():
@@ -331,7 +413,7 @@ def service_figures(root: Path, args: argparse.Namespace) -> Any:
 
 def floor_figures(
     settings: Settings, store: Any, campaign: Any, users: list[str], now: datetime, iterations: int
-) -> float:
+) -> tuple[float, float]:
     """One Feast online read of all three models' features for one user, plus the three predictions.
 
     Returns the floor's p99 (ms), the lower of the two ways of predicting, and the p99 of the read
@@ -548,6 +630,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
     parser.add_argument("--floor-iterations", type=int, default=1_000)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="uvicorn worker counts to load (none: skip the concurrent part)",
+    )
+    parser.add_argument("--connections", type=int, default=10, help="concurrent connections under load")
+    parser.add_argument("--load-rate", type=float, default=200.0, help="open-loop rate under load")
     parser.add_argument("--train-users", type=int, default=1_500)
     parser.add_argument("--train-days", type=int, default=35)
     parser.add_argument("--plan-users", type=int, default=1_000_000)

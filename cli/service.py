@@ -43,13 +43,30 @@ def beat(loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "inf
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Service processes (uvicorn workers) sharing the port.")
+    ] = 1,
 ) -> None:
     """Run the HTTP service (FastAPI under uvicorn); API docs at /docs."""
     import uvicorn
 
     from serving.app import create_app
 
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+    settings = get_settings()
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    # The stores' schemas (ours and MLflow's) are brought up to date here, once, before the workers
+    # start together: MLflow's own migration does not expect two processes at once.
+    from pushplan.db.engine import migrate
+    from serving.scoring import ModelSet
+
+    migrate(settings)
+    ModelSet.load(settings)
+    # Several processes need the app by name: each builds its own from the same environment.
+    uvicorn.run(
+        "serving.app:create_app", factory=True, workers=workers, host=host, port=port, log_level="info"
+    )
 
 
 def check() -> None:

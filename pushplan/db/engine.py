@@ -3,14 +3,17 @@ write through, and the Alembic migrations that own the schema."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from filelock import FileLock
 
-from pushplan.settings import Settings
+from pushplan.settings import Profile, Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # In production the database is shared with MLflow, which keeps its own Alembic history in the
@@ -23,13 +26,41 @@ def database_url(settings: Settings) -> str:
 
 
 def migrate(settings: Settings) -> None:
-    """Bring the plan store's schema to the latest Alembic revision."""
+    """Bring the plan store's schema to the latest Alembic revision; processes starting together
+    (uvicorn's workers, service replicas, a worker and the API) take turns, so the second finds the
+    schema current instead of racing the first through the same migration."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", database_url(settings).replace("%", "%%"))
-    _adopt_shared_version_table(config, database_url(settings))
-    command.upgrade(config, "head")
+    with _one_at_a_time(settings):
+        _adopt_shared_version_table(config, database_url(settings))
+        command.upgrade(config, "head")
+
+
+# The key of PostgreSQL's advisory lock around migrations: any constant the database's other users
+# (MLflow) do not take.
+MIGRATION_LOCK = 0x70757368706C616E  # "pushplan"
+
+
+@contextmanager
+def _one_at_a_time(settings: Settings) -> Iterator[None]:
+    """A lock across processes: PostgreSQL's advisory lock in production, a lock file beside the
+    SQLite file locally."""
+    if settings.profile is not Profile.production:
+        with FileLock(settings.data_dir / "plans.db.migrate.lock"):
+            yield
+        return
+    engine = sa.create_engine(database_url(settings), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("select pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                connection.execute(sa.text("select pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+    finally:
+        engine.dispose()
 
 
 def _adopt_shared_version_table(config: Config, url: str) -> None:

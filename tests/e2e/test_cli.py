@@ -293,3 +293,29 @@ def true_effects(
         "converted": float(p_convert.sum() / campaign_users),
         "revenue": float((p_convert * population.mean_value[idx]).sum() / campaign_users),
     }
+
+
+def test_serve_with_two_workers_starts_two_service_processes(env: dict[str, str], tmp_path: Path) -> None:
+    """`pushplan serve --workers 2`: uvicorn forks two service processes, each building its own app
+    from the environment's settings, and both answer on the one port."""
+    import time
+
+    import httpx
+
+    from cli.demo import free_port
+
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [PUSHPLAN, "serve", "--port", str(port), "--workers", "2"], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count("Application startup complete") < 2 and server.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        answers = {httpx.get(f"http://127.0.0.1:{port}/healthz").status_code for _ in range(20)}
+        assert answers == {200}, log.read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
