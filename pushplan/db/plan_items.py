@@ -37,6 +37,9 @@ HOLDING_MARGIN = timedelta(days=7)
 USER_FILTER_LIMIT = 10_000
 
 
+SAVE_ATTEMPTS = 3
+
+
 class PlanItemRepository:
     """The plan items half of `pushplan.db.store.PlanStore`."""
 
@@ -52,6 +55,18 @@ class PlanItemRepository:
         if items.empty and not displaced:
             return 0
         records = [PlanItem.model_validate(missing_to_none(r)).model_dump() for r in items.to_dict("records")]
+        # Two plans of the same new user at once (two service processes, or threads) both read "not
+        # stored" and both insert: the second loses on the unique key. Saving again then finds the
+        # first's item and replaces it, as a later plan of that user would.
+        for attempt in range(SAVE_ATTEMPTS):
+            try:
+                return self._save(records, displaced)
+            except sa.exc.IntegrityError:
+                if attempt == SAVE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _save(self, records: list[dict[str, Any]], displaced: list[str] | None) -> int:
         now = datetime.now(UTC)
         written = 0
         with self.session() as session:

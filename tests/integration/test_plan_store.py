@@ -316,3 +316,29 @@ def test_concurrent_replans_and_due_scans_never_take_back_a_queued_item(store: P
     assert {plan_id for plan_id, row in rows.items() if row.state == "queued"} == set(claims)
     assert all(rows[plan_id].claim == claim for plan_id, claim in claims.items())
     assert not [row.plan_id for row in rows.values() if row.state == "planned" and row.claim is not None]
+
+
+@pytest.mark.parametrize(
+    "store", ["postgresql"], indirect=True
+)  # SQLite's sessions take the write lock first
+def test_two_plans_of_the_same_new_user_at_once_both_save(
+    store: PlanStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two service processes plan the same new user at once: both read "not stored", the other one
+    inserts first, and this one's insert loses on the unique key. It is saved again, finds the
+    other's item and replaces it, as a later plan would: one item, the last plan's, and no error."""
+    twice = campaign("twice", RACE_START)
+    store.save_campaign(twice)
+    read = store._existing_items
+
+    def read_then_another_process_saves(session: Session, records: list[dict[str, Any]]) -> Any:
+        existing = read(session, records)
+        monkeypatch.setattr(store, "_existing_items", read)  # the other process, and the retry, read plainly
+        assert store.save_items(send_items(twice, ["u1"], [RACE_START + timedelta(hours=2)])) == 1
+        return existing
+
+    monkeypatch.setattr(store, "_existing_items", read_then_another_process_saves)
+    mine = send_items(twice, ["u1"], [RACE_START + timedelta(hours=5)]).assign(p_click=0.5)
+    assert store.save_items(mine) == 1
+    (row,) = _rows(store, "twice").values()
+    assert (row.send_at, row.p_click) == (RACE_START + timedelta(hours=5), 0.5)
