@@ -103,17 +103,15 @@ def campaign_trigger(campaign_id: str) -> None:
 
 
 def _decide(campaign_id: str, approve: bool, comment: str, by: str | None) -> None:
-    import getpass
-
     from pushplan.approvals import ApprovalRefused
-    from pushplan.db.audit import Actor, append
+    from pushplan.db.audit import append, cli_actor
     from pushplan.db.engine import migrate
     from pushplan.db.store import PlanStore
 
     settings = get_settings()
     migrate(settings)
     store = PlanStore(settings)
-    actor = Actor(f"cli:{by or getpass.getuser()}", role="approver", source="cli")
+    actor = cli_actor(by, role="approver")
     verb = "approve" if approve else "reject"
     try:
         meta = store.decide_approval(

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from cli.output import err, out
+from pushplan.db.schema import DEFAULT_TEAM
 from pushplan.settings import get_settings
 
 if TYPE_CHECKING:  # imported late at run time, to keep --help fast
@@ -65,7 +66,7 @@ def _audit(store: PlanStore, action: str, target: str, **detail: object) -> None
 @app.command("create")
 def keys_create(
     role: Annotated[KeyRole, typer.Option(help="campaign, events, operator, approver or admin.")],
-    team: Annotated[str, typer.Option(help="The team whose campaigns the key acts on.")] = "default",
+    team: Annotated[str, typer.Option(help="The team whose campaigns the key acts on.")] = DEFAULT_TEAM,
     name: Annotated[str | None, typer.Option(help="Who holds it, in words.")] = None,
     expires: Annotated[
         str | None, typer.Option(help="When it stops working: 90d, 12h, 30m, or an ISO 8601 instant.")
@@ -98,27 +99,9 @@ def keys_list(
     from pushplan.db.api_keys import list_keys
 
     now = datetime.now(UTC)
-    keys = list_keys(_store(), team=team)
-
-    def at(moment: datetime | None) -> str | None:
-        return None if moment is None else moment.isoformat(timespec="seconds")
-
-    rows = [
-        {
-            "key_id": k.key_id,
-            "role": k.role,
-            "team": k.team,
-            "name": k.name,
-            "created_at": at(k.created_at),
-            "expires_at": at(k.expires_at),
-            "last_used_at": at(k.last_used_at),
-            "revoked_at": at(k.revoked_at),
-            "usable": k.usable_at(now),
-        }
-        for k in keys
-    ]
+    rows = [key.shown(now) for key in list_keys(_store(), team=team)]  # as GET /v1/keys shows them
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(rows, indent=2, default=datetime.isoformat))
         return
     table = Table(title=f"{len(rows)} API keys")
     for column in ("key_id", "role", "team", "name", "created_at", "expires_at", "last_used_at", "usable"):

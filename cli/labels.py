@@ -22,10 +22,10 @@ def _author(author: str | None) -> str:
 
 
 def _audit(settings: Settings, action: str, name: str, author: str, **detail: object) -> None:
-    from pushplan.db.audit import Actor, append
+    from pushplan.db.audit import append, cli_actor
     from pushplan.db.store import PlanStore
 
-    actor = Actor(f"cli:{author}", role="admin", source="cli")
+    actor = cli_actor(author)
     append(PlanStore(settings), actor, f"cli labels {action}", target=name, outcome="ok", detail=detail)
 
 

@@ -460,6 +460,15 @@ def sign_webhook(secret: str, timestamp: int | str, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
+def signature_headers(secret: str, body: bytes) -> dict[str, str]:
+    """X-Pushplan-Timestamp and X-Pushplan-Signature for `body` sent now."""
+    timestamp = int(time.time())
+    return {
+        "X-Pushplan-Timestamp": str(timestamp),
+        "X-Pushplan-Signature": sign_webhook(secret, timestamp, body),
+    }
+
+
 def verify_signature(
     secret: str,
     timestamp: int | str,
@@ -500,15 +509,7 @@ class WebhookChannel(HttpChannel):
 
     def _request(self, message: Message) -> tuple[str, bytes, dict[str, str]]:
         body = _json_bytes({**message.record(), "recipient": message.recipient})
-        timestamp = int(time.time())
-        return (
-            self.url,
-            body,
-            {
-                "X-Pushplan-Timestamp": str(timestamp),
-                "X-Pushplan-Signature": sign_webhook(self.secret, timestamp, body),
-            },
-        )
+        return self.url, body, signature_headers(self.secret, body)
 
 
 class CredentialsError(Exception):

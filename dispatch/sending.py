@@ -42,10 +42,10 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from dispatch.channels import ChannelAdapter, Message, Outcome, adapter_for
+from dispatch.channels import DETAIL_MAX_CHARS, ChannelAdapter, Message, Outcome, adapter_for
 from dispatch.ledger import CapLedger, Reservation, Settle, Settlement, Verdict, ledger_for
 from pushplan.caps import FrequencyCap
-from pushplan.db.schema import CampaignRow, DispatchEventRow, PlanItemRow
+from pushplan.db.schema import CampaignRow, DispatchEventRow, PlanItemRow, utc
 from pushplan.db.store import PlanStore
 from pushplan.domain import Campaign, Decision, DispatchState, EventType, ItemState, Reason
 from pushplan.redact import scrub
@@ -233,9 +233,7 @@ def _finished(state: ItemState, reason: Reason, detail: str, now: datetime) -> d
     return {
         "state": state.value,
         "reason": reason.value,
-        # Details can quote a provider or an exception (an address, a token, a URL with its key):
-        # scrubbed before they are cut, like every detail stored.
-        "detail": scrub(detail)[:500],
+        "detail": detail,
         "claim": None,
         "lease_until": None,
         "updated_at": now,
@@ -367,6 +365,11 @@ class _SendStep:
         self._adapters: dict[str, ChannelAdapter | str] = {}
 
     def record(self, plan_id: str, outcome: str, values: dict[str, Any]) -> None:
+        if values.get("detail"):
+            # Every detail stored passes here. It can quote a provider or an exception (an address, a
+            # token, a URL with its key): scrubbed, then cut (a cut could leave part of a token too
+            # short to be recognised).
+            values = values | {"detail": scrub(values["detail"])[:DETAIL_MAX_CHARS]}
         self.updates.add(plan_id, **values)
         self.outcomes[plan_id] = outcome
 
@@ -662,9 +665,7 @@ def _addressed(settings: Settings, message: Message) -> Message:
 
 
 def _aware(value: datetime | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite keeps no zone; we store UTC
+    return datetime.now(UTC) if value is None else utc(value)
 
 
 _RECIPIENTS: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
@@ -687,10 +688,9 @@ def _recipients(users_path: Path, column: str) -> dict[str, str]:
 
 
 def _said(outcome: Outcome) -> str:
-    """An outcome's reason and detail as stored, scrubbed here as well: not every detail comes from an
-    adapter that scrubs it (`_call` quotes whatever one raised)."""
-    said = f"{outcome.reason}: {outcome.detail}" if outcome.detail else str(outcome.reason)
-    return scrub(said)[:500]
+    """An outcome's reason and detail, as `record` stores them (not every detail comes from an adapter
+    that scrubs it: `_call` quotes whatever one raised)."""
+    return f"{outcome.reason}: {outcome.detail}" if outcome.detail else str(outcome.reason)
 
 
 def _events(item: _Pending, at: datetime, kinds: Iterable[EventType]) -> list[dict[str, Any]]:

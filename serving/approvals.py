@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import UTC, datetime
 
 import httpx
 
-from dispatch.channels import sign_webhook
+from dispatch.channels import signature_headers
 from pushplan.db.campaigns import CampaignMeta
 from pushplan.settings import Settings
 
@@ -41,12 +40,7 @@ def notify_approvers(settings: Settings, meta: CampaignMeta, name: str) -> bool:
     ).encode()
     headers = {"Content-Type": "application/json"}
     if settings.webhook_secret is not None:
-        raw = settings.webhook_secret.get_secret_value()
-        timestamp = int(time.time())
-        headers |= {
-            "X-Pushplan-Timestamp": str(timestamp),
-            "X-Pushplan-Signature": sign_webhook(raw, timestamp, body),
-        }
+        headers |= signature_headers(settings.webhook_secret.get_secret_value(), body)
     try:
         response = httpx.post(
             settings.approval_webhook_url, content=body, headers=headers, timeout=NOTIFY_TIMEOUT_SECONDS

@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from pushplan.db.api_keys import StoredKey, add_key, find_key, replace_secret, touch_key
 from pushplan.db.audit import Actor
+from pushplan.db.schema import DEFAULT_TEAM
 from pushplan.db.store import PlanStore
 
 TEAM = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -63,7 +64,7 @@ def create_key(
     store: PlanStore,
     role: Role,
     *,
-    team: str = "default",
+    team: str = DEFAULT_TEAM,
     name: str | None = None,
     expires_at: datetime | None = None,
     now: datetime | None = None,

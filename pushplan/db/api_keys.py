@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -34,6 +35,11 @@ class StoredKey:
 
     def usable_at(self, now: datetime) -> bool:
         return not self.revoked and (self.expires_at is None or now < self.expires_at)
+
+    def shown(self, now: datetime) -> dict[str, Any]:
+        """The key as `pushplan keys list` and GET /v1/keys show it: everything but its secret's hash."""
+        fields = {name: value for name, value in vars(self).items() if name != "secret_hash"}
+        return fields | {"usable": self.usable_at(now)}
 
 
 def _stored(row: ApiKeyRow) -> StoredKey:

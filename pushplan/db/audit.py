@@ -28,8 +28,9 @@ class Actor:
     source: str | None = None
 
 
-def cli_actor() -> Actor:
-    return Actor(f"cli:{getpass.getuser()}", role="admin", source="cli")
+def cli_actor(login: str | None = None, role: str = "admin") -> Actor:
+    """The command line as an actor: `cli:<login>` (the OS user's by default)."""
+    return Actor(f"cli:{login or getpass.getuser()}", role=role, source="cli")
 
 
 def append(

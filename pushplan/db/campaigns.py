@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from pushplan.approvals import Approval, ApprovalRefused
-from pushplan.db.schema import CampaignRow, utc
+from pushplan.db.schema import DEFAULT_TEAM, CampaignRow, utc
 from pushplan.domain import Campaign, DispatchState
-
-DEFAULT_TEAM = "default"
 
 
 class CampaignFrozen(ValueError):
@@ -40,7 +38,13 @@ class CampaignMeta:
     decided_at: datetime | None
     decision_comment: str | None
     dispatch_state: DispatchState
+    spec: dict[str, Any] = field(repr=False)
     spec_changed: bool = False  # set by save_campaign: this save wrote a new spec
+
+    @property
+    def campaign(self) -> Campaign:
+        """The spec as a Campaign (read with the row: no second look-up)."""
+        return Campaign.stored(self.spec)
 
     @classmethod
     def of(cls, row: CampaignRow, spec_changed: bool = False) -> CampaignMeta:
@@ -54,6 +58,7 @@ class CampaignMeta:
             decided_at=utc(row.decided_at),
             decision_comment=row.decision_comment,
             dispatch_state=DispatchState(row.dispatch_state),
+            spec=row.spec,
             spec_changed=spec_changed,
         )
 

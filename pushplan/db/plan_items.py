@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from pushplan.caps import HELD_COLUMNS, item_value
-from pushplan.db.schema import CampaignRow, PlanItemRow
+from pushplan.db.schema import CampaignRow, PlanItemRow, utc
 from pushplan.domain import Campaign, Decision, ItemState, PlanItem, Reason
 
 # States a new plan may overwrite: not yet handed to dispatch. Queued, sent, failed and cancelled
@@ -245,6 +245,5 @@ def _from_row(row: PlanItemRow) -> dict[str, Any]:
     for internal in ("updated_at", "claim", "lease_until", "opened_at"):
         values.pop(internal)
     for instant in ("send_at", "model_send_at", "sent_at", "fired_at", "window_end"):
-        if values[instant] is not None and values[instant].tzinfo is None:
-            values[instant] = values[instant].replace(tzinfo=UTC)  # SQLite keeps no zone; we store UTC
+        values[instant] = utc(values[instant])
     return values

@@ -14,6 +14,9 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The team of keys and campaigns made without one (and of everything made before teams existed).
+DEFAULT_TEAM = "default"
+
 
 @overload
 def utc(moment: datetime) -> datetime: ...
@@ -44,7 +47,7 @@ class CampaignRow(Base):
     # A triggered campaign's event names (its `on` and `unless`), space-separated: what the inbox keeps.
     trigger_events: Mapped[str | None] = mapped_column(sa.String(1000))
     # Who owns it and who made it (migration 0010): a key acts only on its team's campaigns.
-    team: Mapped[str] = mapped_column(sa.String(64), default="default", index=True)
+    team: Mapped[str] = mapped_column(sa.String(64), default=DEFAULT_TEAM, index=True)
     created_by: Mapped[str | None] = mapped_column(sa.String(200))
     # not_needed, draft (waits for an approver), approved or rejected (pushplan.approvals).
     approval: Mapped[str] = mapped_column(sa.String(12), default="not_needed")
@@ -179,7 +182,7 @@ class ApiKeyRow(Base):
     role: Mapped[str] = mapped_column(sa.String(20))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(sa.Boolean)
-    team: Mapped[str] = mapped_column(sa.String(64), default="default")
+    team: Mapped[str] = mapped_column(sa.String(64), default=DEFAULT_TEAM)
     name: Mapped[str | None] = mapped_column(sa.String(200))  # who holds it, in words
     expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

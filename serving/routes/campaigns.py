@@ -115,10 +115,7 @@ def _audience_size(settings: Settings, campaign: Campaign) -> int | None:
 def get_campaign(
     campaign_id: Annotated[str, Path(examples=["black-friday"])], store: PlanStoreDep, caller: ReaderRole
 ) -> Campaign:
-    owned(store, caller, campaign_id)
-    campaign = store.get_campaign(campaign_id)
-    assert campaign is not None  # owned() found it, and campaigns are never deleted
-    return campaign
+    return owned(store, caller, campaign_id).campaign
 
 
 @router.get(
@@ -131,8 +128,7 @@ def get_trigger_status(
 ) -> TriggerStatus:
     """A triggered campaign's state (waiting, live, paused, budget_spent, ended), its firings by
     outcome and its budget (docs/triggers.md)."""
-    owned(store, caller, campaign_id)
-    campaign = store.get_campaign(campaign_id)
-    if campaign is None or campaign.trigger is None:
+    campaign = owned(store, caller, campaign_id).campaign
+    if campaign.trigger is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no triggered campaign {campaign_id!r}")
     return trigger_status(store, campaign)

@@ -149,10 +149,7 @@ def create_plan_job(
 ) -> PlanJob:
     """Plan every known user of the campaign in the background, partitioned into Celery tasks;
     poll `GET /v1/plan-jobs/{job_id}` for progress."""
-    owned(store, caller, campaign_id)
-    campaign = store.get_campaign(campaign_id)
-    if campaign is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    campaign = owned(store, caller, campaign_id).campaign
     try:
         job = create_job(store, request.app.state.settings, campaign, now=body.now, seed=body.seed)
     except ValueError as exc:

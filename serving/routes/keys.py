@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
 from pushplan.db.api_keys import StoredKey, find_key, list_keys, revoke_key
+from pushplan.db.schema import DEFAULT_TEAM
 from pushplan.domain import Instant
 from serving.deps import BODY_RESPONSES, AdminRole, PlanStoreDep, Problem, audit_note, unprocessable
-from serving.keys import Role, create_key, rotate_key, team_problem
+from serving.keys import Role, create_key, key_id_of, rotate_key
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -43,7 +44,7 @@ class NewKey(BaseModel):
 
 class KeyRequest(BaseModel):
     role: Role
-    team: str = Field(default="default", min_length=1, max_length=64)
+    team: str = Field(default=DEFAULT_TEAM, min_length=1, max_length=64)
     name: str | None = Field(default=None, max_length=200, description="Who holds it, in words.")
     expires_at: Instant | None = Field(default=None, description="After this instant the key gets 401.")
 
@@ -51,18 +52,7 @@ class KeyRequest(BaseModel):
 
 
 def key_info(key: StoredKey) -> KeyInfo:
-    return KeyInfo(
-        key_id=key.key_id,
-        role=Role(key.role),
-        team=key.team,
-        name=key.name,
-        created_at=key.created_at,
-        expires_at=key.expires_at,
-        last_used_at=key.last_used_at,
-        revoked_at=key.revoked_at,
-        rotated_at=key.rotated_at,
-        usable=key.usable_at(datetime.now(UTC)),
-    )
+    return KeyInfo(**key.shown(datetime.now(UTC)))
 
 
 @router.get("", response_model=list[KeyInfo])
@@ -83,14 +73,12 @@ def get_keys(
 )
 def post_key(body: KeyRequest, request: Request, store: PlanStoreDep, _: AdminRole) -> NewKey:
     """Create a key for a team."""
-    problem = team_problem(body.team)
-    if problem is not None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, problem)
-    try:
+    try:  # create_key refuses a bad team name or a past expiry
         presented = create_key(store, body.role, team=body.team, name=body.name, expires_at=body.expires_at)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
-    key_id = presented.split("_", 2)[1]
+    key_id = key_id_of(presented)
+    assert key_id is not None  # create_key made it
     audit_note(request, target=key_id, role=body.role.value, team=body.team)
     stored = find_key(store, key_id)
     assert stored is not None  # just added

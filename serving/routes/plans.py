@@ -56,11 +56,9 @@ def create_plan(
     body: PlanRequest, request: Request, store: PlanStoreDep, models: ModelsDep, caller: CampaignRole
 ) -> PlanResponse:
     """Plan the listed users (up to 10,000): which variant, when, on which channel, or why not."""
-    owned(store, caller, body.campaign_id)
+    campaign = owned(store, caller, body.campaign_id).campaign
     if body.dry_run:
         not_audited(request)
-    campaign = store.get_campaign(body.campaign_id)
-    assert campaign is not None  # owned() found it, and campaigns are never deleted
     models.refresh_if_stale()
     settings = request.app.state.settings
     now = body.now or datetime.now(UTC)
