@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from filelock import FileLock
 
-from pushplan.settings import Profile, Settings
+from pushplan.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # In production the database is shared with MLflow, which keeps its own Alembic history in the
@@ -45,13 +45,14 @@ MIGRATION_LOCK = 0x70757368706C616E  # "pushplan"
 
 @contextmanager
 def _one_at_a_time(settings: Settings) -> Iterator[None]:
-    """A lock across processes: PostgreSQL's advisory lock in production, a lock file beside the
-    SQLite file locally."""
-    if settings.profile is not Profile.production:
+    """A lock across processes: PostgreSQL's advisory lock, or for any other database (SQLite: the
+    local profile's, or one a test configures) a lock file under the data dir."""
+    url = database_url(settings)
+    if sa.engine.make_url(url).get_backend_name() != "postgresql":
         with FileLock(settings.data_dir / "plans.db.migrate.lock"):
             yield
         return
-    engine = sa.create_engine(database_url(settings), poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("select pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
