@@ -18,7 +18,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,11 +29,26 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
-from feast import FeatureStore, RepoConfig
+from feast import FeatureStore, FeatureView, RepoConfig
 from feast.data_source import PushMode
+from feast.types import Array, Bytes, Float32, Float64, String
 
+from features.columns import (
+    Columns,
+    Kind,
+    from_arrow,
+    from_python,
+    instants,
+    length,
+    missing,
+    numbers,
+    of_frame,
+    texts,
+    to_frame,
+    vectors,
+)
 from features.feature_repo import definitions
-from features.feature_repo.transforms import epoch_seconds, request_context_features
+from features.feature_repo.transforms import epoch_seconds, request_context_arrays
 from features.tables import HABIT_VECTORS, TABLES, table_path
 from pushplan.domain import VARIANT_TAGS, EventType
 from pushplan.settings import Profile, Settings
@@ -47,6 +62,7 @@ _CONTEXT_VIEWS = (
     definitions.user_tag_affinity_fv,
 )
 REQUEST_FIELDS = tuple(field.name for field in definitions.campaign_request.schema)
+_STORED_VIEWS = tuple(obj for obj in definitions.REPO_OBJECTS if isinstance(obj, FeatureView))
 
 
 def feast_redis_connection(url: str) -> str:
@@ -228,20 +244,53 @@ def write_defaults(settings: Settings) -> dict[str, Any]:
     return values
 
 
-def _fill(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """Cold start: rows with no stored value at all (a user never built) take the defaults.
+def fill_cold(columns: Columns, names: Sequence[str], settings: Settings) -> Columns:
+    """Cold start: rows with no stored value at all among `names` (a user never built) take the
+    defaults in those columns; returns a new Columns (the arrays it changes are copies).
 
     A user with features keeps their own values, NaN included (a NaN recency means "never bought").
     """
-    cold = frame.isna().all(axis=1).to_numpy() if len(frame.columns) else np.zeros(len(frame), dtype=bool)
-    if not cold.any():
-        return frame
-    known = defaults(settings)
-    for column in frame.columns:
-        if column in known:
-            frame[column] = frame[column].astype(object)
-            frame.loc[cold, column] = pd.Series([known[column]] * int(cold.sum()), index=frame.index[cold])
-    return frame.infer_objects()
+    out = dict(columns)
+    present = [name for name in names if name in columns]
+    n = length(columns)
+    if not present or not n:
+        return out
+    cold = np.ones(n, dtype=bool)
+    for name in present:
+        cold &= missing(columns[name])
+        if not cold.any():
+            return out
+    known = _defaults_cached(settings)
+    for name in present:
+        if name not in known:
+            continue
+        values = columns[name].copy()
+        default = known[name]
+        if values.ndim == 2:
+            values[cold] = np.asarray(default, dtype=values.dtype)
+        elif values.dtype == object:
+            for row in np.flatnonzero(cold):
+                values[row] = default
+        else:
+            values[cold] = np.nan if default is None else float(default)
+        out[name] = values
+    return out
+
+
+def _defaults_cached(settings: Settings) -> dict[str, Any]:
+    """`defaults`, read again only when `features build` rewrote the file (a plan must not parse it
+    per request)."""
+    path = defaults_path(settings)
+    stamp = path.stat().st_mtime_ns if path.exists() else 0
+    key = (str(path), settings.default_timezone)
+    cached = _DEFAULTS.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, defaults(settings))
+        _DEFAULTS[key] = cached
+    return cached[1]
+
+
+_DEFAULTS: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
 
 
 @dataclass(frozen=True)
@@ -281,6 +330,29 @@ def _shape(store: FeatureStore, service: str) -> _ServiceShape:
     return shapes[service]
 
 
+def kinds(store: FeatureStore) -> dict[str, Kind]:
+    """Each stored feature's Columns kind, from the repo's declared types (resolved once per store)."""
+    found = _KINDS.get(store)
+    if found is None:
+        found = {}
+        for view in _STORED_VIEWS:
+            for field in view.features:
+                found[field.name] = _kind(field.dtype)
+        _KINDS[store] = found
+    return found
+
+
+def _kind(dtype: Any) -> Kind:
+    if isinstance(dtype, Array):
+        return "vector" if dtype.base_type in (Float32, Float64) else "list"
+    if dtype in (String, Bytes):
+        return "text"
+    return "number"
+
+
+_KINDS: weakref.WeakKeyDictionary[FeatureStore, dict[str, Kind]] = weakref.WeakKeyDictionary()
+
+
 def service_feature_names(store: FeatureStore, service: str) -> list[str]:
     return list(_shape(store, service).names)
 
@@ -294,28 +366,19 @@ def stored_refs(store: FeatureStore, service: str) -> list[str]:
     return list(_shape(store, service).stored)
 
 
-def _finish(
-    store: FeatureStore, settings: Settings, service: str, rows: pd.DataFrame, stored: pd.DataFrame
-) -> pd.DataFrame:
-    """Fill cold-start defaults, then compute the request-time features on the filled values.
+def finish(store: FeatureStore, settings: Settings, service: str, rows: Columns, stored: Columns) -> Columns:
+    """A service's features from the stored values (at least the service's `stored_refs`) and the
+    request `rows`: cold-start defaults filled, then the request-time features computed on the
+    filled values; `rows`' columns first, then the service's, in its order.
 
     Running the on-demand transform here, rather than inside Feast on raw nulls, gives a cold-start
     user request features from the defaults too; for users with features both give the same
     numbers (tests/integration/test_feature_store.py holds them equal).
     """
-    frame = pd.concat([rows.reset_index(drop=True), _fill(stored.reset_index(drop=True), settings)], axis=1)
+    filled = fill_cold(stored, _names(stored_refs(store, service)), settings)
     if _needs_request(store, service):
-        frame = pd.concat([frame, request_context_features(frame)], axis=1)
-    return frame[[*rows.columns, *service_feature_names(store, service)]]
-
-
-def _request_rows(store: FeatureStore, service: str, rows: pd.DataFrame) -> pd.DataFrame:
-    if not _needs_request(store, service):
-        return rows
-    missing = [name for name in REQUEST_FIELDS if name not in rows]
-    if missing:
-        raise ValueError(f"{service} needs request context: {', '.join(missing)}")
-    return rows
+        filled.update(request_context_arrays({**filled, **rows}))
+    return {**rows, **{name: filled[name] for name in service_feature_names(store, service)}}
 
 
 def online_features(
@@ -330,25 +393,70 @@ def online_features(
     Services with the request-context view need `request`: a dict applied to every row, or a frame
     with one row per user, holding REQUEST_FIELDS. Cold-start users get defaults.
     """
-    rows = _with_request(store, service, user_ids, request)
-    stored = read_stored(store, user_ids, stored_refs(store, service))
-    return _finish(store, settings, service, rows, stored)
+    stored = read_columns(store, user_ids, stored_refs(store, service))
+    return to_frame(service_columns(store, settings, service, user_ids, stored, request))
 
 
-def _with_request(
+def request_columns(
     store: FeatureStore,
     service: str,
-    user_ids: list[str],
-    request: pd.DataFrame | dict[str, Any] | None,
-) -> pd.DataFrame:
-    rows = pd.DataFrame({"user_id": list(user_ids)})
-    if request is not None:
-        context = pd.DataFrame([request] * len(rows)) if isinstance(request, dict) else request
-        rows = pd.concat([rows, context.reset_index(drop=True)], axis=1)
-    return _request_rows(store, service, rows)
+    user_ids: Sequence[str],
+    request: pd.DataFrame | Mapping[str, Any] | None,
+) -> Columns:
+    """user_id, and the request fields a service needs: from a dict applied to every row, a frame
+    or Columns with one row per user."""
+    n = len(user_ids)
+    rows: Columns = {"user_id": texts(user_ids)}
+    if isinstance(request, pd.DataFrame):
+        rows.update(of_frame(request.reset_index(drop=True)))
+    elif request is not None:
+        for name, value in request.items():
+            if isinstance(value, np.ndarray) and value.shape[:1] == (n,):
+                rows[name] = value
+            elif isinstance(value, datetime | pd.Timestamp):
+                rows[name] = instants(value, n)
+            elif isinstance(value, str) or value is None:
+                rows[name] = texts([value] * n)
+            else:
+                rows[name] = np.full(n, value, dtype=np.float64)
+    if _needs_request(store, service):
+        absent = [name for name in REQUEST_FIELDS if name not in rows]
+        if absent:
+            raise ValueError(f"{service} needs request context: {', '.join(absent)}")
+    return rows
 
 
 Source = Literal["online", "offline"]
+
+
+def read_columns(
+    store: FeatureStore,
+    user_ids: list[str],
+    refs: Sequence[str],
+    *,
+    source: Source = "online",
+    at: datetime | None = None,
+) -> Columns:
+    """The stored values of `refs` ("view:feature") for many users in ONE read: one row per user
+    id in their order, one column per feature name, raw (a user without values has NaN/None).
+
+    `online`: one Feast `get_online_features` call (what materialization and pushes wrote).
+    `offline`: Feast's offline store as of `at` (the latest snapshot at or before it, within the
+    views' ttl), Feast's way of scoring a whole audience without millions of online reads; pushes
+    made between builds are not in it.
+    """
+    refs = list(dict.fromkeys(refs))
+    if source == "online":
+        read = store.get_online_features(
+            features=refs, entity_rows=[{"user_id": u} for u in user_ids]
+        ).to_dict()
+        kind = kinds(store)
+        return {name: from_python(read[name], kind.get(name, "text")) for name in _names(refs)}
+    if source != "offline":
+        raise ValueError(f"source must be 'online' or 'offline', not {source!r}")
+    if at is None:
+        raise ValueError("an offline read needs `at`, the instant to read the features as of")
+    return _latest_offline(store, user_ids, refs, at)
 
 
 def read_stored(
@@ -359,28 +467,11 @@ def read_stored(
     source: Source = "online",
     at: datetime | None = None,
 ) -> pd.DataFrame:
-    """The stored values of `refs` ("view:feature") for many users in ONE read: one row per user
-    id in their order, one column per feature name, raw (a user without values has NaN/None).
-
-    `online`: Feast's online store (what materialization and pushes wrote). `offline`: Feast's
-    offline store as of `at` (the latest snapshot at or before it, within the views' ttl), Feast's
-    way of scoring a whole audience without millions of online reads; pushes made between builds
-    are not in it.
-    """
-    refs = list(dict.fromkeys(refs))
-    if source == "online":
-        stored = store.get_online_features(
-            features=refs, entity_rows=[{"user_id": u} for u in user_ids]
-        ).to_df()
-        return stored.drop(columns=["user_id"]).reset_index(drop=True)
-    if source != "offline":
-        raise ValueError(f"source must be 'online' or 'offline', not {source!r}")
-    if at is None:
-        raise ValueError("an offline read needs `at`, the instant to read the features as of")
-    return _latest_offline(store, user_ids, refs, at)
+    """`read_columns` as a frame (notebooks, reports)."""
+    return to_frame(read_columns(store, user_ids, refs, source=source, at=at))
 
 
-def _latest_offline(store: FeatureStore, user_ids: list[str], refs: list[str], at: datetime) -> pd.DataFrame:
+def _latest_offline(store: FeatureStore, user_ids: list[str], refs: list[str], at: datetime) -> Columns:
     """Each view's latest row per user in (at - ttl, at], from Feast's offline store, in users' order.
 
     This is the offline store's `pull_latest_from_table_or_query`, the read materialization makes,
@@ -402,7 +493,8 @@ def _latest_offline(store: FeatureStore, user_ids: list[str], refs: list[str], a
     for ref in refs:
         view_name, name = ref.split(":", 1)
         by_view.setdefault(view_name, []).append(name)
-    columns: dict[str, Any] = {}
+    columns: Columns = {}
+    kind = kinds(store)
     for view_name, names in by_view.items():
         feature_view = store.get_feature_view(view_name, allow_registry_cache=True)
         source = feature_view.batch_source
@@ -423,9 +515,21 @@ def _latest_offline(store: FeatureStore, user_ids: list[str], refs: list[str], a
         rows = pc.index_in(wanted, value_set=keys)  # null where the user has no row
         taken = table.select(names).combine_chunks().take(rows)
         for name in names:
-            columns[name] = taken.column(name)
-    frame = pa.table(columns).to_pandas() if columns else pd.DataFrame(index=range(len(user_ids)))
-    return frame[_names(refs)].reset_index(drop=True)
+            columns[name] = from_arrow(taken.column(name), kind.get(name, "text"))
+    return {name: columns[name] for name in _names(refs)}
+
+
+def service_columns(
+    store: FeatureStore,
+    settings: Settings,
+    service: str,
+    user_ids: Sequence[str],
+    stored: Columns,
+    request: pd.DataFrame | Mapping[str, Any] | None = None,
+) -> Columns:
+    """A service's features for the users of a `read_columns` read that holds (at least) the
+    service's stored features: several services share one read."""
+    return finish(store, settings, service, request_columns(store, service, user_ids, request), stored)
 
 
 def service_features(
@@ -436,10 +540,8 @@ def service_features(
     stored: pd.DataFrame,
     request: pd.DataFrame | dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """What `online_features` returns, from a `read_stored` frame that holds (at least) the
-    service's stored features: several services can share one read."""
-    rows = _with_request(store, service, user_ids, request)
-    return _finish(store, settings, service, rows, stored[_names(stored_refs(store, service))].copy())
+    """`service_columns` of a `read_stored` frame, as a frame."""
+    return to_frame(service_columns(store, settings, service, user_ids, of_frame(stored), request))
 
 
 def _names(refs: Sequence[str]) -> list[str]:
@@ -458,7 +560,10 @@ def training_set(
         raise ValueError("entity rows need user_id and event_timestamp columns")
     rows = entity_rows.reset_index(drop=True).copy()
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
-    rows = _request_rows(store, service, rows)
+    if _needs_request(store, service):
+        absent = [name for name in REQUEST_FIELDS if name not in rows]
+        if absent:
+            raise ValueError(f"{service} needs request context: {', '.join(absent)}")
     # Only keys, time and request fields go to Feast (other columns, labels for one, ride along
     # here); Feast does not promise the rows' order back, so a row number restores it.
     keys = ["user_id", "event_timestamp", *(REQUEST_FIELDS if _needs_request(store, service) else ())]
@@ -466,8 +571,17 @@ def training_set(
         entity_df=rows[keys].assign(_row=np.arange(len(rows))), features=stored_refs(store, service)
     ).to_df()
     joined = joined.sort_values("_row").reset_index(drop=True)
-    stored = joined.drop(columns=[*keys, "_row"])
-    return _finish(store, settings, service, rows, stored)
+    stored = of_frame(joined.drop(columns=[*keys, "_row"]))
+    kind = kinds(store)
+    for name, values in stored.items():  # a column Feast left all-null has no type of its own
+        if kind.get(name) == "number" and values.dtype == object:
+            stored[name] = numbers(values)
+        elif kind.get(name) == "vector" and values.ndim == 1:
+            stored[name] = vectors(list(values))
+    request = of_frame(rows[list(REQUEST_FIELDS)]) if _needs_request(store, service) else {}
+    finished = finish(store, settings, service, request, stored)
+    features = to_frame({name: finished[name] for name in service_feature_names(store, service)})
+    return pd.concat([rows, features], axis=1)
 
 
 PROFILE_COLUMNS = ("timezone", "push_opt_in", "sms_opt_in", "email_opt_in")
@@ -476,16 +590,21 @@ PROFILE_COLUMNS = ("timezone", "push_opt_in", "sms_opt_in", "email_opt_in")
 PROFILE_REFS = tuple(f"{definitions.user_profile_fv.name}:{name}" for name in PROFILE_COLUMNS)
 
 
-def profile_frame(settings: Settings, user_ids: list[str], stored: pd.DataFrame) -> pd.DataFrame:
-    """Time zone and opt-ins of many users from a `read_stored` frame that holds (at least) the
-    PROFILE_COLUMNS (cold start: the default zone, not opted in)."""
-    frame = pd.concat(
-        [pd.DataFrame({"user_id": user_ids}), _fill(stored[list(PROFILE_COLUMNS)].copy(), settings)], axis=1
-    )
-    frame["timezone"] = frame["timezone"].fillna(settings.default_timezone)
+def profile_columns(settings: Settings, user_ids: Sequence[str], stored: Columns) -> Columns:
+    """user_id, time zone and opt-ins of many users from a `read_columns` read that holds (at
+    least) the PROFILE_COLUMNS (cold start: the default zone, not opted in); opt-ins as booleans."""
+    filled = fill_cold(stored, PROFILE_COLUMNS, settings)
+    zones = filled["timezone"].copy()
+    zones[missing(zones)] = settings.default_timezone
+    out: Columns = {"user_id": texts(user_ids), "timezone": zones}
     for column in PROFILE_COLUMNS[1:]:
-        frame[column] = frame[column].fillna(False).astype(bool)
-    return frame
+        out[column] = np.nan_to_num(numbers(filled[column])) > 0
+    return out
+
+
+def profile_frame(settings: Settings, user_ids: list[str], stored: pd.DataFrame) -> pd.DataFrame:
+    """`profile_columns` of a `read_stored` frame, as a frame."""
+    return to_frame(profile_columns(settings, user_ids, of_frame(stored)))
 
 
 def push_events(store: FeatureStore, settings: Settings, events: pd.DataFrame) -> int:
@@ -500,11 +619,9 @@ def push_events(store: FeatureStore, settings: Settings, events: pd.DataFrame) -
         return 0
     users = sorted(set(relevant["user_id"]))
     refs = [f"user_fatigue:{field.name}" for field in definitions.user_fatigue_fv.features]
-    current = _fill(
-        store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_df(),
-        settings,
-    )
-    current = current.set_index("user_id")
+    fields = [field.name for field in definitions.user_fatigue_fv.features]
+    current = to_frame(fill_cold(read_columns(store, users, refs), fields, settings), index=pd.Index(users))
+    current.index.name = "user_id"
     epoch = pd.Series(epoch_seconds(relevant["timestamp"]), index=relevant.index)
     for kind, count_columns, last_column in (
         (EventType.push_sent.value, ("sends_1d", "sends_7d", "sends_30d"), "last_push_epoch_s"),

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from features.store import PROFILE_REFS, Source, profile_frame, read_stored, service_features, stored_refs
+from features.columns import instants, texts
+from features.store import PROFILE_REFS, Source, profile_columns, read_columns, service_columns, stored_refs
 from pushplan.clock import smooth_hours
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
@@ -53,23 +54,21 @@ def build_audience(
     their hour scores), because its features include engagement at the candidate hour.
     """
     services = models.services
-    stored = read_stored(store, user_ids, audience_refs(store, services), source=source, at=now)
-    users = profile_frame(settings, user_ids, stored)
+    stored = read_columns(store, user_ids, audience_refs(store, services), source=source, at=now)
+    profiles = profile_columns(settings, user_ids, stored)
+    n = len(user_ids)
     window_start = max(pd.Timestamp(campaign.window.start), pd.Timestamp(now))
-    hour_features = service_features(store, settings, services[SEND_HOUR.name], user_ids, stored)
-    hour_features["is_weekend"] = is_weekend(window_start, users["timezone"])
+    hour_features = service_columns(store, settings, services[SEND_HOUR.name], user_ids, stored)
+    hour_features["is_weekend"] = is_weekend(window_start, profiles["timezone"])
     hour_scores = models.hour_scores(hour_features)
-    request = pd.DataFrame(
-        {
-            "request_time": pd.Timestamp(now),
-            "candidate_local_hour": smooth_hours(hour_scores).argmax(axis=1),
-            "window_start": pd.Timestamp(campaign.window.start),
-            "window_end": pd.Timestamp(campaign.window.end),
-            "variant_tags": "",
-        },
-        index=range(len(user_ids)),
-    )
-    variant_features = service_features(store, settings, services[VARIANT.name], user_ids, stored, request)
+    request = {
+        "request_time": instants(now, n),
+        "candidate_local_hour": smooth_hours(hour_scores).argmax(axis=1).astype(np.float64),
+        "window_start": instants(campaign.window.start, n),
+        "window_end": instants(campaign.window.end, n),
+        "variant_tags": texts([""] * n),
+    }
+    variant_features = service_columns(store, settings, services[VARIANT.name], user_ids, stored, request)
     variant_scores = models.variant_scores(
         variant_features,
         [(v.title, list(v.tags)) for v in campaign.variants],
@@ -77,10 +76,10 @@ def build_audience(
         user_ids,
         campaign.campaign_id,
     )
-    return Audience(users, hour_scores, variant_scores, dict(models.versions))
+    return Audience(pd.DataFrame(profiles), hour_scores, variant_scores, dict(models.versions))
 
 
-def is_weekend(moment: pd.Timestamp, zones: pd.Series) -> np.ndarray:
+def is_weekend(moment: pd.Timestamp, zones: np.ndarray) -> np.ndarray:
     """1.0 where `moment` falls on a Saturday or Sunday in the user's zone, else 0.0 (once per zone)."""
-    by_zone = {zone: float(moment.tz_convert(zone).dayofweek >= 5) for zone in pd.unique(zones)}
-    return zones.map(by_zone).to_numpy(dtype=float)
+    by_zone = {zone: float(moment.tz_convert(zone).dayofweek >= 5) for zone in set(zones)}
+    return np.array([by_zone[zone] for zone in zones], dtype=np.float64)

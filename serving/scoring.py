@@ -9,17 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.columns import Columns, hour_matrix, length, numbers, of_frame, take, to_frame
 from pushplan.domain import VARIANT_TAGS
 from pushplan.settings import Settings, per_settings
 from training.baselines import variant_rule_scores
-from training.frames import CATEGORIES, HOUR_VECTORS, hour_matrix, timezone_group, variant_features
+from training.frames import CATEGORIES, HOUR_VECTORS, timezone_group, variant_features
 from training.habits import HourBlend, fitted_rule_scores
 from training.inference import predict, trained_service
 from training.specs import SEND_HOUR, SPECS, VARIANT
@@ -113,50 +114,61 @@ class ModelSet:
             self._scorers[name] = cached
         return cached[1]
 
-    def hour_scores(self, features: pd.DataFrame) -> np.ndarray:
+    def hour_scores(self, features: pd.DataFrame | Columns) -> np.ndarray:
         """(users × 24) engagement by local hour: the send-hour model, else its best rule, else the
-        users' own activity shares."""
+        users' own activity shares. `features`: the send-hour service's Columns (or a frame of them)."""
+        features = as_columns(features)
         model = self.models.get(SEND_HOUR.name)
         if model is None:
             if SEND_HOUR.name in self.rules:
                 rule, params = self.rules[SEND_HOUR.name]
                 return fitted_rule_scores(rule, params, features)
-            return np.stack([np.asarray(v, dtype=float) for v in features["activity_by_hour"]])
+            return hour_matrix(features["activity_by_hour"])
         scorer = self.scorer(SEND_HOUR.name)
         if scorer is None:
-            return predict(SEND_HOUR, model, features)
-        full = np.zeros((len(features), 24))
-        for start in range(0, len(features), CHUNK_ROWS):
-            rows = features.iloc[start : start + CHUNK_ROWS]
-            full[start : start + len(rows), scorer.classes] = scorer.proba(scorer.encode(rows))
+            return predict(SEND_HOUR, model, to_frame(features))
+        n = length(features)
+        full = np.zeros((n, 24))
+        for start in range(0, n, CHUNK_ROWS):
+            rows = take(features, slice(start, start + CHUNK_ROWS))
+            full[start : start + CHUNK_ROWS, scorer.classes] = scorer.proba(scorer.encode(rows))
         return model.combine(full, features) if isinstance(model, HourBlend) else full
 
     def variant_scores(
         self,
-        features: pd.DataFrame,
+        features: pd.DataFrame | Columns,
         variants: list[tuple[str, list[str]]],
         variant_ids: list[str] | None = None,
         user_ids: list[str] | None = None,
         campaign_id: str = "",
     ) -> np.ndarray:
         """(users × variants) p(click): the variant model, else its best rule, else the users' smoothed
-        affinity for the tags.
+        affinity for the tags. `features`: the variant service's Columns (or a frame of them).
 
         With the model, each user's own columns are encoded once and each variant only overwrites
         its text and tag-match columns; all variants of a chunk of users go in one model call.
         """
+        index = features.index if isinstance(features, pd.DataFrame) else None
+        features = as_columns(features)
+        n = length(features)
         model = self.models.get(VARIANT.name)
         if model is None and VARIANT.name in self.rules:
             rule, params = self.rules[VARIANT.name]
             ids = variant_ids or [title for title, _ in variants]
-            users = np.asarray(user_ids if user_ids is not None else features.index.astype(str), dtype=object)
+            if user_ids is not None:
+                users = np.asarray(user_ids, dtype=object)
+            elif "user_id" in features:
+                users = features["user_id"].astype(str)
+            else:
+                users = np.asarray(index.astype(str) if index is not None else np.arange(n).astype(str))
             pairs = [(v, tags) for v, (_, tags) in zip(ids, variants, strict=True)]
             return variant_rule_scores(rule, params, users, pairs, campaign_id)
         scorer = self.scorer(VARIANT.name)
         if model is None or scorer is None:
+            frame = to_frame(features)
             columns = []
             for title, tags in variants:
-                scored = variant_rows(features, title, tags)
+                scored = variant_rows(frame, title, tags)
                 if model is not None:
                     columns.append(predict(VARIANT, model, scored))
                 else:
@@ -166,26 +178,32 @@ class ModelSet:
             return np.column_stack(columns)
         texts = variant_features([title for title, _ in variants], [tags for _, tags in variants])
         varying = [c for c in (*texts.columns, *TAG_MATCH_COLUMNS) if c in scorer.index]
-        scores = np.empty((len(features), len(variants)))
+        text_values = {c: texts[c].to_numpy(dtype=float) for c in texts.columns if c in scorer.index}
+        scores = np.empty((n, len(variants)))
         step = max(1, CHUNK_ROWS // max(1, len(variants)))
-        for start in range(0, len(features), step):
-            rows = features.iloc[start : start + step]
+        for start in range(0, n, step):
+            rows = take(features, slice(start, start + step))
+            count = length(rows)
             base = scorer.encode(rows, skip=varying)
             affinity = affinities(rows) if "tag_affinity_mean" in rows else None
             blocks = []
             for v, (_, tags) in enumerate(variants):
                 block = base.copy()
-                for column in texts.columns:
-                    if column in scorer.index:
-                        block[:, scorer.index[column][0]] = texts[column].iloc[v]
+                for column, values in text_values.items():
+                    block[:, scorer.index[column][0]] = values[v]
                 if affinity is not None:
                     for column, values in tag_match(affinity, tags).items():
                         if column in scorer.index:
                             block[:, scorer.index[column][0]] = values
                 blocks.append(block)
             proba = scorer.proba(np.vstack(blocks))
-            scores[start : start + len(rows)] = proba.reshape(len(variants), len(rows)).T
+            scores[start : start + count] = proba.reshape(len(variants), count).T
         return scores
+
+
+def as_columns(features: pd.DataFrame | Mapping[str, Any]) -> Columns:
+    """Columns of a frame (tests, notebooks), or the Columns themselves."""
+    return of_frame(features) if isinstance(features, pd.DataFrame) else dict(features)
 
 
 # Rows encoded per model call for large audiences: 100,000 rows of the send-hour model's ~90
@@ -254,29 +272,20 @@ class Scorer:
             jobs or (os.cpu_count() or 1),
         )
 
-    def encode(self, rows: pd.DataFrame, skip: Collection[str] = ()) -> np.ndarray:
+    def encode(self, rows: Columns, skip: Collection[str] = ()) -> np.ndarray:
         """The (rows × inputs) float64 matrix; columns in `skip` are left as NaN for the caller to fill."""
-        out = np.full((len(rows), self.width), np.nan)
-        dtypes = rows.dtypes
-        plain = []  # numeric columns of numpy dtypes: converted together, as astype(float64) would
+        out = np.full((length(rows), self.width), np.nan)
         for column, positions in self.index.items():
             if column in skip:
                 continue
             if column in HOUR_VECTORS:
                 out[:, positions[0] : positions[-1] + 1] = hour_matrix(rows[column])
             elif column == "timezone":
-                # A few zones for many users: group each zone once.
-                which, zones = pd.factorize(rows[column])
-                groups = np.append(_codes(timezone_group(pd.Series(zones)), "timezone_group"), np.nan)
-                out[:, positions[0]] = groups[which]  # -1 (missing) takes the appended NaN
+                out[:, positions[0]] = _codes(_groups(rows[column]), "timezone_group")
             elif column in CATEGORIES:
                 out[:, positions[0]] = _codes(rows[column], column)
-            elif isinstance(dtypes[column], np.dtype) and dtypes[column].kind in "fiub":
-                plain.append(column)
             else:
-                out[:, positions[0]] = pd.to_numeric(rows[column], errors="coerce").astype("float64")
-        if plain:
-            out[:, [self.index[c][0] for c in plain]] = rows[plain].to_numpy(dtype="float64")
+                out[:, positions[0]] = numbers(rows[column])
         return out
 
     def proba(self, matrix: np.ndarray) -> np.ndarray:
@@ -286,15 +295,35 @@ class Scorer:
         return result if not self.binary or result.ndim == 1 else result[:, 1]
 
 
-def _codes(values: pd.Series, category: str) -> np.ndarray:
-    codes = pd.Categorical(values, categories=CATEGORIES[category]).codes.astype("float64")
-    codes[codes < 0] = np.nan
-    return codes
+def _codes(values: np.ndarray, category: str) -> np.ndarray:
+    """Each value's position in the fixed CATEGORIES (NaN: missing or unknown), as the FeatureFrame's
+    pandas Categorical gives it to LightGBM; a dictionary per distinct value, not a Categorical (which
+    costs more than a one-user plan's trees)."""
+    code = _CODES[category]
+    if len(values) <= _FEW:
+        return np.array([code.get(v, np.nan) if isinstance(v, str) else np.nan for v in values])
+    which, seen = pd.factorize(values)
+    known = np.array([code.get(v, np.nan) if isinstance(v, str) else np.nan for v in seen] + [np.nan])
+    return known[which]  # -1 (missing) takes the appended NaN
 
 
-def affinities(rows: pd.DataFrame) -> np.ndarray:
+_CODES = {
+    category: {value: float(k) for k, value in enumerate(values)} for category, values in CATEGORIES.items()
+}
+# Below this many rows a dictionary per row; above, each distinct value is looked up once.
+_FEW = 64
+
+
+def _groups(zones: np.ndarray) -> np.ndarray:
+    """`training.frames.timezone_group` of each zone, once per distinct zone."""
+    which, seen = pd.factorize(zones) if len(zones) > _FEW else (np.arange(len(zones)), zones)
+    grouped = timezone_group(pd.Series(list(seen), dtype=object)).to_numpy(dtype=object)
+    return np.append(grouped, np.array([None], dtype=object))[which]
+
+
+def affinities(rows: pd.DataFrame | Columns) -> np.ndarray:
     """(rows × VARIANT_TAGS) of the users' tag affinities, as floats."""
-    return rows[[f"affinity_{tag}" for tag in VARIANT_TAGS]].to_numpy(dtype=float)
+    return np.column_stack([numbers(rows[f"affinity_{tag}"]) for tag in VARIANT_TAGS])
 
 
 def tag_match(affinity: np.ndarray, tags: list[str]) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from features.columns import hour_matrix
 from features.tables import LIFECYCLE_STAGES, RFM_SEGMENTS
 from pushplan.domain import VARIANT_TAGS
 
@@ -115,15 +116,3 @@ class FeatureFrame(BaseEstimator, TransformerMixin):
             else:
                 out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy()
         return pd.DataFrame(out, index=frame.index)
-
-
-def hour_matrix(vectors: pd.Series) -> np.ndarray:
-    """(rows × 24) of a column of 24-hour vectors; NaN rows where a vector is missing or malformed."""
-    values = vectors.to_numpy()
-    if len(values) and all(v is not None and len(v) == 24 for v in values):
-        return np.asarray(np.stack(values), dtype=float).reshape(len(values), 24)
-    matrix = np.full((len(values), 24), np.nan)
-    for row, vector in enumerate(values):
-        if vector is not None and len(vector) == 24:
-            matrix[row] = np.asarray(vector, dtype=float)
-    return matrix

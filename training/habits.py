@@ -15,6 +15,7 @@ scores), and served in its place when it loses (training.pipeline, serving.scori
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from features.columns import hour_matrix, numbers
 from pushplan.clock import smooth_hours
-from training.frames import hour_matrix
 
 # Upper bounds (inclusive) of the history-size buckets, by engagements seen before the planned day.
 HISTORY_BUCKETS = (("0", 0), ("1-2", 2), ("3-9", 9), ("10+", np.inf))
@@ -99,7 +100,8 @@ class Habits:
     weekend: np.ndarray
 
     @classmethod
-    def of(cls, frame: pd.DataFrame) -> Habits:
+    def of(cls, frame: pd.DataFrame | Mapping[str, Any]) -> Habits:
+        """From a frame or Columns holding the send_hour_v2 habit columns and `is_weekend`."""
         missing = [c for c in (*HABIT_COLUMNS, "is_weekend") if c not in frame]
         if missing:
             raise ValueError(
@@ -108,12 +110,12 @@ class Habits:
             )
         weekday = np.nan_to_num(hour_matrix(frame["hours_weekday_recent"]))
         weekend_hours = np.nan_to_num(hour_matrix(frame["hours_weekend_recent"]))
-        weekend = pd.to_numeric(frame["is_weekend"], errors="coerce").fillna(0).to_numpy() > 0
+        weekend = np.nan_to_num(numbers(frame["is_weekend"])) > 0
         return cls(
             np.where(weekend[:, None], weekend_hours, weekday),
             weekday + weekend_hours,
             np.nan_to_num(hour_matrix(frame["hours_all_time"])),
-            pd.to_numeric(frame["habit_events"], errors="coerce").fillna(0).to_numpy(dtype=float),
+            np.nan_to_num(numbers(frame["habit_events"])),
             weekend,
         )
 
@@ -131,7 +133,9 @@ def full_hours(proba: np.ndarray, classes: Any) -> np.ndarray:
     return full
 
 
-def fitted_rule_scores(rule: str, params: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
+def fitted_rule_scores(
+    rule: str, params: dict[str, Any], frame: pd.DataFrame | Mapping[str, Any]
+) -> np.ndarray:
     """`rule_scores` with the parameters a training run fitted and stored (training.baselines)."""
     population = Population.from_dict(params["population"])
     return rule_scores(rule, Habits.of(frame), population, float(params["prior_events"]))
@@ -197,7 +201,7 @@ class HourBlend(ClassifierMixin, BaseEstimator):
         self.weights = weights
         return self
 
-    def combine(self, model_proba: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+    def combine(self, model_proba: np.ndarray, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
         """The blend's (rows × 24) probabilities from the trees' and the frame's habits."""
         habits = Habits.of(frame)
         weights = np.asarray(self.weights)[history_bucket(habits.events)]  # rows × components

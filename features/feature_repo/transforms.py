@@ -1,41 +1,46 @@
-"""Request-time features: pure pandas functions behind the on-demand feature view, tested like any function.
+"""Request-time features: pure functions behind the on-demand feature view, tested like any function.
 
 Inputs are the user's stored features plus the request: `request_time`, `candidate_local_hour`
 (0-23, the hour being scored, in the user's zone), `window_start` / `window_end` (the campaign's
-send window) and `variant_tags` (comma-separated tags of the variant being scored).
+send window) and `variant_tags` (comma-separated tags of the variant being scored). They come as a
+pandas frame (Feast's on-demand view, training) or as `features.columns.Columns` (serving's reads):
+`request_context_arrays` is the one computation, on arrays, for both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+from features.columns import hour_matrix, numbers
 from pushplan.domain import VARIANT_TAGS
 
 
-def epoch_seconds(values: pd.Series) -> np.ndarray:
+def epoch_seconds(values: Any) -> np.ndarray:
     """Seconds since 1970 of timestamps, whatever their unit (Feast's paths hand over ns or µs)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "M":  # Columns: UTC datetime64
+        return values.astype("datetime64[ns]").astype(np.int64) / 1e9
     stamps = pd.to_datetime(values, utc=True)
-    return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+    return np.asarray((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1), dtype=float)
 
 
-def _hour_values(vectors: pd.Series, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows × 24) float matrix of the vectors, which rows have a 24-vector and an hour, and the hours
-    as whole numbers (truncated, as int() does): the rows then index the matrix without a loop."""
-    values = vectors.to_numpy()
-    has = np.fromiter((v is not None and len(v) == 24 for v in values), dtype=bool, count=len(values))
+def _hour_values(vectors: Any, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows × 24) float matrix of the vectors (0 where a row has none), which rows have a 24-vector
+    and an hour, and the hours as whole numbers (truncated, as int() does): the rows then index the
+    matrix without a loop."""
+    matrix = hour_matrix(vectors)
+    has = ~np.isnan(matrix).any(axis=1)
+    if not has.all():
+        matrix = np.where(has[:, None], matrix, 0.0)
     valid = has & ~np.isnan(hours)
-    matrix = np.zeros((len(values), 24))
-    if has.all() and len(values):
-        matrix = np.asarray(np.stack(values), dtype=float).reshape(len(values), 24)
-    else:
-        for row in np.flatnonzero(has):
-            matrix[row] = np.asarray(values[row], dtype=float)
     whole = np.where(valid, np.trunc(np.where(valid, hours, 0.0)), 0.0).astype(np.int64)
     return matrix, valid, whole
 
 
-def _at_hour(vectors: pd.Series, hours: np.ndarray, offset: int = 0) -> np.ndarray:
+def _at_hour(vectors: Any, hours: np.ndarray, offset: int = 0) -> np.ndarray:
     return _pick(_hour_values(vectors, hours), offset)
 
 
@@ -45,7 +50,7 @@ def _pick(values: tuple[np.ndarray, np.ndarray, np.ndarray], offset: int = 0) ->
     return np.where(valid, picked, np.nan)
 
 
-def _hour_rank(vectors: pd.Series, hours: np.ndarray) -> np.ndarray:
+def _hour_rank(vectors: Any, hours: np.ndarray) -> np.ndarray:
     """0 for the user's most active hour, 23 for the least."""
     return _rank(_hour_values(vectors, hours))
 
@@ -57,10 +62,12 @@ def _rank(values: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     return np.where(valid, ranks, np.nan)
 
 
-def _tag_arrays(inputs: pd.DataFrame) -> dict[str, np.ndarray]:
-    affinity = inputs[[f"affinity_{tag}" for tag in VARIANT_TAGS]].to_numpy(dtype=float)
+def _tag_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    affinity = np.column_stack([numbers(inputs[f"affinity_{tag}"]) for tag in VARIANT_TAGS])
     # Few distinct tag lists for many rows: each list is parsed once.
-    which, lists = pd.factorize(inputs["variant_tags"].fillna("").astype(str))
+    tags = inputs["variant_tags"]
+    tags = tags.to_numpy(dtype=object) if isinstance(tags, pd.Series) else np.asarray(tags, dtype=object)
+    which, lists = pd.factorize(np.array(["" if t is None or t != t else str(t) for t in tags], dtype=object))
     masks = np.zeros((len(lists) + 1, len(VARIANT_TAGS)))
     for k, tags in enumerate(lists):
         for tag in str(tags).split(","):
@@ -80,12 +87,15 @@ def tag_match_features(inputs: pd.DataFrame) -> pd.DataFrame:
 
 
 def request_context_features(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Features of (user, request): engagement at the candidate hour, tag match, recency, window.
+    """Features of (user, request): engagement at the candidate hour, tag match, recency, window."""
+    return pd.DataFrame(request_context_arrays(inputs), index=inputs.index)
 
-    Computed as whole arrays and put in one frame at the end: the same numbers for one user or a
-    million, without a pandas operation per row or per column.
+
+def request_context_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """`request_context_features` as float64 arrays, from a frame or Columns: the same numbers for
+    one user or a million, without a pandas operation per row or per column.
     """
-    hours = pd.to_numeric(inputs["candidate_local_hour"], errors="coerce").to_numpy(dtype=float)
+    hours = numbers(inputs["candidate_local_hour"])
     now = epoch_seconds(inputs["request_time"])
     activity = _hour_values(inputs["activity_by_hour"], hours)
     at_hour = _pick(activity)
@@ -96,9 +106,9 @@ def request_context_features(inputs: pd.DataFrame) -> pd.DataFrame:
         "push_engagement_at_hour": _at_hour(inputs["push_engagement_by_hour"], hours),
         "hour_rank": _rank(activity),
         **_tag_arrays(inputs),
-        "hours_since_last_push": (now - inputs["last_push_epoch_s"].to_numpy(dtype=float)) / 3600,
-        "hours_since_last_click": (now - inputs["last_click_epoch_s"].to_numpy(dtype=float)) / 3600,
+        "hours_since_last_push": (now - numbers(inputs["last_push_epoch_s"])) / 3600,
+        "hours_since_last_click": (now - numbers(inputs["last_click_epoch_s"])) / 3600,
         "window_hours": (end - start) / 3600,
         "hours_to_window_end": (end - now) / 3600,
     }
-    return pd.DataFrame(out, index=inputs.index).astype("float64")
+    return {name: np.asarray(values, dtype=np.float64) for name, values in out.items()}

@@ -15,7 +15,7 @@ from feast import FeatureStore
 from sklearn.pipeline import Pipeline
 
 from features.feature_repo.transforms import request_context_features
-from features.store import online_features, read_stored, snapshot_span
+from features.store import online_features, read_columns, read_stored, service_columns, snapshot_span
 from pushplan.domain import Campaign
 from pushplan.settings import Settings
 from serving.audience import audience_refs, build_audience
@@ -171,6 +171,50 @@ def test_array_scorers_give_the_pipelines_numbers(
     np.testing.assert_array_equal(models.variant_scores(rows, variants), expected)
     for title, tags in variants:
         pd.testing.assert_frame_equal(variant_rows(rows, title, tags), with_variant(rows, title, tags))
+
+
+def test_serving_columns_score_as_the_mlflow_models_predict_proba(
+    built: tuple[Settings, FeatureStore], users: list[str], models: ModelSet, tmp_path: Path
+) -> None:
+    """What a plan scores (one online read as Columns, cold start filled, request features as
+    arrays, the array scorer) against the models saved and loaded by MLflow, whose `predict_proba`
+    reads the same users' features as a pandas frame: equal to 1e-6, one user or many."""
+    import mlflow
+
+    settings, store = built
+    _, last = snapshot_span(settings)
+    loaded = {}
+    for name in (SEND_HOUR.name, VARIANT.name):
+        mlflow.sklearn.save_model(  # as training.pipeline logs them
+            models.models[name],
+            tmp_path / name,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+        )
+        loaded[name] = mlflow.sklearn.load_model(str(tmp_path / name))
+    served = ModelSet(settings, models=loaded, versions={SEND_HOUR.name: "1", VARIANT.name: "1"})
+    request = {
+        "request_time": last,
+        "candidate_local_hour": 20,
+        "window_start": last,
+        "window_end": last + timedelta(hours=12),
+        "variant_tags": "",
+    }
+    variants = [(v["title"], list(v["tags"])) for v in VARIANTS]
+    for sample in (users[:1], users[-6:], users):  # one user, the cold-start ones, all
+        stored = read_columns(store, sample, audience_refs(store))
+        hours = service_columns(store, settings, SEND_HOUR.feature_service, sample, stored)
+        hours["is_weekend"] = np.ones(len(sample))
+        frame = online_features(store, settings, SEND_HOUR.feature_service, sample).assign(is_weekend=1.0)
+        expected = np.zeros((len(sample), 24))
+        expected[:, loaded[SEND_HOUR.name].classes_] = loaded[SEND_HOUR.name].predict_proba(frame)
+        np.testing.assert_allclose(served.hour_scores(hours), expected, rtol=0, atol=1e-6)
+
+        rows = service_columns(store, settings, VARIANT.feature_service, sample, stored, request)
+        frame = online_features(store, settings, VARIANT.feature_service, sample, request)
+        expected = np.column_stack(
+            [loaded[VARIANT.name].predict_proba(with_variant(frame, t, tags))[:, 1] for t, tags in variants]
+        )
+        np.testing.assert_allclose(served.variant_scores(rows, variants), expected, rtol=0, atol=1e-6)
 
 
 def _reference_at_hour(vectors: pd.Series, hours: np.ndarray, offset: int = 0) -> np.ndarray:
