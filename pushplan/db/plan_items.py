@@ -45,16 +45,17 @@ class PlanItemRepository:
 
     session: Callable[[], AbstractContextManager[Session]]
 
-    def save_items(self, items: pd.DataFrame, displaced: list[str] | None = None) -> int:
+    def save_items(self, items: pd.DataFrame | list[PlanItem], displaced: list[str] | None = None) -> int:
         """Insert new items, replace REPLANNABLE ones of the same (campaign, user, firing); returns rows
         written (a triggered campaign's firing is planned once: its item is never re-planned).
 
         `displaced` are other campaigns' items a higher-value send took the place of: in the same
         transaction they become `skip` / `capped`, if they are still only planned.
         """
-        if items.empty and not displaced:
+        if not len(items) and not displaced:
             return 0
-        records = [PlanItem.model_validate(missing_to_none(r)).model_dump() for r in items.to_dict("records")]
+        validated = plan_records(items) if isinstance(items, pd.DataFrame) else items
+        records = [item.model_dump() for item in validated]
         # Two plans of the same new user at once (two service processes, or threads) both read "not
         # stored" and both insert: the second loses on the unique key. Saving again then finds the
         # first's item and replaces it, as a later plan of that user would.
@@ -233,6 +234,11 @@ def _column_value(value: Any) -> Any:
     if isinstance(value, pd.Timestamp):
         return value.to_pydatetime()
     return value
+
+
+def plan_records(items: pd.DataFrame) -> list[PlanItem]:
+    """The planner's frame as PlanItems: validated once, then stored and answered as they are."""
+    return [PlanItem.model_validate(missing_to_none(r)) for r in items.to_dict("records")]
 
 
 def missing_to_none(record: dict[str, Any]) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field, StringConstraints
 
-from pushplan.db.plan_items import missing_to_none
+from pushplan.db.plan_items import plan_records
 from pushplan.domain import IDENTIFIER, Decision, Instant, PlanItem, PlannedByTrigger, Reason
 from pushplan.redact import scrub
 from serving.capped_plan import plan_users
@@ -54,7 +55,7 @@ class ItemsPage(BaseModel):
 @router.post("/v1/plans", response_model=PlanResponse)
 def create_plan(
     body: PlanRequest, request: Request, store: PlanStoreDep, models: ModelsDep, caller: CampaignRole
-) -> PlanResponse:
+) -> Response:
     """Plan the listed users (up to 10,000): which variant, when, on which channel, or why not."""
     campaign = owned(store, caller, body.campaign_id).campaign
     if body.dry_run:
@@ -64,20 +65,22 @@ def create_plan(
     now = body.now or datetime.now(UTC)
     user_ids = list(dict.fromkeys(body.user_ids))
     try:
-        arbitrated = plan_users(
-            store, settings, models, campaign, user_ids, now, seed=body.seed, save=not body.dry_run
-        )
+        arbitrated = plan_users(store, settings, models, campaign, user_ids, now, seed=body.seed, save=False)
     except PlannedByTrigger as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    items = arbitrated.items
-    records = [PlanItem.model_validate(missing_to_none(r)) for r in items.to_dict("records")]
-    return PlanResponse(
+    records = plan_records(arbitrated.items)  # validated here once: stored and answered as they are
+    if not body.dry_run:
+        store.save_items(records, arbitrated.displaced)
+    answer = PlanResponse.model_construct(
         campaign_id=campaign.campaign_id,
         items=records,
-        counts={k: int(v) for k, v in items["decision"].value_counts().items()},
+        counts=dict(Counter(item.decision.value for item in records)),
         model_versions=dict(models.versions),
         displaced=arbitrated.displaced,
     )
+    # Answered as it is: returned as a model, FastAPI would validate every item again for the
+    # response_model (which stays, for the API's schema).
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.get("/v1/campaigns/{campaign_id}/plan-items", response_model=ItemsPage)
