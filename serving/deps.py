@@ -99,8 +99,9 @@ def require(*roles: Role) -> Callable[..., Caller]:
 
 def owned(store: PlanStore, caller: Caller, campaign_id: str) -> CampaignMeta:
     """The campaign's record if the caller's team owns it (admins: any); 404 otherwise, the same as
-    for a campaign that does not exist, so one team cannot learn another's ids."""
-    meta = store.campaign_meta(campaign_id)
+    for a campaign that does not exist, so one team cannot learn another's ids. Read through the
+    store's cache: a change made by any process is seen at the next request (pushplan.db.changes)."""
+    meta = store.cached_campaigns.get(campaign_id, lambda: store.campaign_meta(campaign_id))
     if meta is None or not caller.may_see(meta.team):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
     return meta

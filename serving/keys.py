@@ -97,11 +97,12 @@ def key_id_of(presented: str) -> str | None:
 
 def authenticate(store: PlanStore, presented: str, now: datetime) -> Caller | None:
     """The caller a presented key stands for, or None when it is unknown, malformed, revoked or
-    expired. Read from the database on every request, so a revocation holds at once everywhere."""
+    expired. Read through the store's cache, which reads the key again as soon as any process
+    changed a key (pushplan.db.changes): a revocation holds at the next request everywhere."""
     key_id = key_id_of(presented)
     if key_id is None or len(key_id) > 16:
         return None
-    stored: StoredKey | None = find_key(store, key_id)
+    stored: StoredKey | None = store.cached_keys.get(key_id, lambda: find_key(store, key_id))
     secret = presented.split("_", 2)[2]
     if stored is None or not hmac.compare_digest(stored.secret_hash, _digest(secret)):
         return None

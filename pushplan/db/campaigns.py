@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -41,9 +42,9 @@ class CampaignMeta:
     spec: dict[str, Any] = field(repr=False)
     spec_changed: bool = False  # set by save_campaign: this save wrote a new spec
 
-    @property
+    @cached_property
     def campaign(self) -> Campaign:
-        """The spec as a Campaign (read with the row: no second look-up)."""
+        """The spec as a Campaign (read with the row: no second look-up; parsed once per record)."""
         return Campaign.stored(self.spec)
 
     @classmethod
