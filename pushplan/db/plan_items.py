@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from pushplan.caps import HELD_COLUMNS, item_value
@@ -37,7 +38,8 @@ HOLDING_MARGIN = timedelta(days=7)
 USER_FILTER_LIMIT = 10_000
 
 
-SAVE_ATTEMPTS = 3
+# Items per INSERT statement: within PostgreSQL's 65,535 and SQLite's 32,766 bound parameters.
+UPSERT_ROWS = 500
 
 
 class PlanItemRepository:
@@ -55,19 +57,6 @@ class PlanItemRepository:
         if not len(items) and not displaced:
             return 0
         validated = plan_records(items) if isinstance(items, pd.DataFrame) else items
-        records = [item.model_dump() for item in validated]
-        # Two plans of the same new user at once (two service processes, or threads) both read "not
-        # stored" and both insert: the second loses on the unique key. Saving again then finds the
-        # first's item and replaces it, as a later plan of that user would.
-        for attempt in range(SAVE_ATTEMPTS):
-            try:
-                return self._save(records, displaced)
-            except sa.exc.IntegrityError:
-                if attempt == SAVE_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _save(self, records: list[dict[str, Any]], displaced: list[str] | None) -> int:
         now = datetime.now(UTC)
         written = 0
         with self.session() as session:
@@ -82,46 +71,17 @@ class PlanItemRepository:
                         updated_at=now,
                     )
                 )
-            if not records:
-                return 0
-            existing = self._existing_items(session, records)
-            replacements = []
-            for record in records:
-                values = {k: _column_value(v) for k, v in record.items()}
-                found = existing.get((values["campaign_id"], values["user_id"], values["firing_id"]))
-                if found is None:
-                    session.add(PlanItemRow(**values, updated_at=now))
-                    written += 1
-                elif found[1] in REPLANNABLE:
-                    del values["plan_id"]  # the stored item keeps its id
-                    replacements.append({**values, "updated_at": now, "replaced_id": found[0]})
-            if replacements:
-                # The state read above may be stale by now: a due-scan can queue the item in between
-                # (PostgreSQL lets it; SQLite's write lock does not). The predicate in the UPDATE is
-                # what keeps a queued item dispatch's, and rowcount what was really replaced.
-                result = cast(sa.CursorResult[Any], session.execute(_REPLACE_PLANNED, replacements))
-                written += result.rowcount
+            rows = [
+                {**{k: _column_value(v) for k, v in item.model_dump().items()}, "updated_at": now}
+                for item in validated
+            ]
+            upsert = _upsert(session, list(rows[0])) if rows else None
+            for start in range(0, len(rows), UPSERT_ROWS):
+                # Counted by what the statement returns (the rows it inserted or replaced): drivers'
+                # rowcount of a multi-row upsert is not reliable (psycopg gives -1).
+                chunk = cast(Any, upsert).values(rows[start : start + UPSERT_ROWS])
+                written += len(session.connection().execute(chunk).all())  # Core: as written
         return written
-
-    def _existing_items(
-        self, session: Session, records: list[dict[str, Any]]
-    ) -> dict[tuple[str, str, str], tuple[str, str]]:
-        """(campaign, user, firing) → (plan_id, state) of the stored items `records` would replace; a
-        step of its own so that a test can run a due-scan between this read and the writes after it."""
-        rows = session.execute(
-            sa.select(
-                PlanItemRow.campaign_id,
-                PlanItemRow.user_id,
-                PlanItemRow.firing_id,
-                PlanItemRow.plan_id,
-                PlanItemRow.state,
-            ).where(
-                PlanItemRow.campaign_id.in_({r["campaign_id"] for r in records}),
-                PlanItemRow.user_id.in_([r["user_id"] for r in records]),
-                PlanItemRow.firing_id.in_({r["firing_id"] for r in records}),
-            )
-        )
-        return {(c, user, firing): (plan_id, state) for c, user, firing, plan_id, state in rows}
 
     def list_items(
         self,
@@ -217,14 +177,24 @@ class PlanItemRepository:
         return {decision: int(count) for decision, count in rows}
 
 
-# Replaces one re-planned item by id, if it is still REPLANNABLE; run once per item (executemany).
-# One comparison per state rather than IN: an IN list is an expanding parameter, which executemany
-# refuses.
 _PLAN_ITEMS = cast(sa.Table, PlanItemRow.__table__)
-_REPLACE_PLANNED = sa.update(_PLAN_ITEMS).where(
-    _PLAN_ITEMS.c.plan_id == sa.bindparam("replaced_id"),
-    sa.or_(*(_PLAN_ITEMS.c.state == state for state in sorted(REPLANNABLE))),
-)
+_KEY = ("campaign_id", "user_id", "firing_id")
+
+
+def _upsert(session: Session, columns: list[str]) -> Any:
+    """One INSERT for new items and re-plans alike: on the (campaign, user, firing) key, a stored item
+    is replaced in `columns` (what a plan writes; it keeps its plan_id) only while it is still
+    REPLANNABLE, decided by the database in the statement itself. A due-scan that queues the item
+    first, or another process that stores the same new user first, is seen: no read-then-write
+    gap, no unique-key error to retry."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert(_PLAN_ITEMS) if dialect == "postgresql" else sqlite.insert(_PLAN_ITEMS)
+    kept = {"plan_id", *_KEY}  # and the columns a plan does not write (dispatch's claim, lease)
+    return insert.on_conflict_do_update(
+        index_elements=list(_KEY),
+        set_={name: insert.excluded[name] for name in columns if name not in kept},
+        where=_PLAN_ITEMS.c.state.in_(sorted(REPLANNABLE)),
+    ).returning(_PLAN_ITEMS.c.plan_id)
 
 
 def _column_value(value: Any) -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy import event
 
 from dispatch.control import control
 from dispatch.sending import scan_due
@@ -222,27 +222,33 @@ def _rows(store: PlanStore, campaign_id: str) -> dict[str, PlanItemRow]:
         return {row.plan_id: row for row in session.scalars(query)}
 
 
+def _just_before_the_insert(store: PlanStore, then: Any) -> None:
+    """Run `then` once, on other connections, right before this store's next INSERT into plan_items
+    reaches the database (inside the save's transaction, after anything it did before)."""
+    done: list[bool] = []
+
+    def hook(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not done and statement.lstrip().upper().startswith("INSERT INTO PLAN_ITEMS"):
+            done.append(True)
+            then()
+
+    event.listen(store.engine, "before_cursor_execute", hook)
+
+
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
-def test_a_due_scan_between_a_replans_read_and_its_writes_keeps_its_items(
-    store: PlanStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL lets a due-scan queue items after a re-plan has read them as planned (SQLite's write
-    lock does not): the re-plan's UPDATE must see they are queued now, and leave them alone."""
+def test_a_due_scan_just_before_a_replans_insert_keeps_its_items(store: PlanStore) -> None:
+    """A due-scan queues items while a re-plan of the same users is being saved: the re-plan's one
+    statement sees they are queued now, and leaves them alone (and does not count them)."""
     race = campaign("race", RACE_START)
     users = [f"u{i}" for i in range(10)]
     first = [RACE_START + timedelta(hours=0 if i < 4 else 5) for i in range(10)]  # 4 due at the scan
     store_campaign(store, race, send_items(race, users, first))
     control(store, "race", "dispatch")
-    read = store._existing_items
     chunks = []
-
-    def read_then_scan(session: Session, records: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
-        existing = read(session, records)
-        assert {state for _, state in existing.values()} == {"planned"}  # what the re-plan decides from
-        chunks.extend(scan_due(store, store.settings, as_of=RACE_START + timedelta(hours=1)))
-        return existing
-
-    monkeypatch.setattr(store, "_existing_items", read_then_scan)
+    other = PlanStore(store.settings)  # the scan's own connections, as a worker's would be
+    _just_before_the_insert(
+        store, lambda: chunks.extend(scan_due(other, other.settings, as_of=RACE_START + timedelta(hours=1)))
+    )
     later = RACE_START + timedelta(hours=9)
     written = store.save_items(send_items(race, users, [later] * 10).assign(p_click=0.5))
 
@@ -256,6 +262,7 @@ def test_a_due_scan_between_a_replans_read_and_its_writes_keeps_its_items(
         else:
             assert (row.state, row.claim, row.p_click) == ("planned", None, 0.5)
             assert row.send_at == later
+    other.engine.dispose()
 
 
 @pytest.mark.slow
@@ -321,24 +328,21 @@ def test_concurrent_replans_and_due_scans_never_take_back_a_queued_item(store: P
 @pytest.mark.parametrize(
     "store", ["postgresql"], indirect=True
 )  # SQLite's sessions take the write lock first
-def test_two_plans_of_the_same_new_user_at_once_both_save(
-    store: PlanStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two service processes plan the same new user at once: both read "not stored", the other one
-    inserts first, and this one's insert loses on the unique key. It is saved again, finds the
-    other's item and replaces it, as a later plan would: one item, the last plan's, and no error."""
+def test_two_plans_of_the_same_new_user_at_once_both_save(store: PlanStore) -> None:
+    """Two service processes plan the same new user at once: the other one's item is committed just
+    before this one's INSERT. This one replaces it, as a later plan would: one item, the last plan's,
+    and no unique-key error."""
     twice = campaign("twice", RACE_START)
     store.save_campaign(twice)
-    read = store._existing_items
-
-    def read_then_another_process_saves(session: Session, records: list[dict[str, Any]]) -> Any:
-        existing = read(session, records)
-        monkeypatch.setattr(store, "_existing_items", read)  # the other process, and the retry, read plainly
-        assert store.save_items(send_items(twice, ["u1"], [RACE_START + timedelta(hours=2)])) == 1
-        return existing
-
-    monkeypatch.setattr(store, "_existing_items", read_then_another_process_saves)
+    other = PlanStore(store.settings)
+    saved = []
+    _just_before_the_insert(
+        store,
+        lambda: saved.append(other.save_items(send_items(twice, ["u1"], [RACE_START + timedelta(hours=2)]))),
+    )
     mine = send_items(twice, ["u1"], [RACE_START + timedelta(hours=5)]).assign(p_click=0.5)
     assert store.save_items(mine) == 1
+    assert saved == [1]  # the other process did save first
     (row,) = _rows(store, "twice").values()
     assert (row.send_at, row.p_click) == (RACE_START + timedelta(hours=5), 0.5)
+    other.engine.dispose()
