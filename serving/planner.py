@@ -346,6 +346,8 @@ def _best_admissible_slot(
 
 
 def _mark_capped(items: pd.DataFrame, rows: np.ndarray) -> None:
+    if not rows.any():  # nothing to mark: no frame assignment (most one-user plans)
+        return
     items.loc[rows, ["decision", "reason", "state"]] = [
         Decision.skip.value,
         Reason.capped.value,

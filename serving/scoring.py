@@ -20,7 +20,7 @@ from features.columns import Columns, hour_matrix, length, numbers, of_frame, ta
 from pushplan.domain import VARIANT_TAGS
 from pushplan.settings import Settings, per_settings
 from training.baselines import variant_rule_scores
-from training.frames import CATEGORIES, HOUR_VECTORS, timezone_group, variant_features
+from training.frames import CATEGORIES, HOUR_VECTORS, variant_features, zone_group
 from training.habits import HourBlend, fitted_rule_scores
 from training.inference import predict, trained_service
 from training.specs import SEND_HOUR, SPECS, VARIANT
@@ -315,10 +315,12 @@ _FEW = 64
 
 
 def _groups(zones: np.ndarray) -> np.ndarray:
-    """`training.frames.timezone_group` of each zone, once per distinct zone."""
-    which, seen = pd.factorize(zones) if len(zones) > _FEW else (np.arange(len(zones)), zones)
-    grouped = timezone_group(pd.Series(list(seen), dtype=object)).to_numpy(dtype=object)
-    return np.append(grouped, np.array([None], dtype=object))[which]
+    """`training.frames.timezone_group` of each zone (once per distinct zone for many)."""
+    if len(zones) <= _FEW:
+        return np.array([zone_group(zone) for zone in zones], dtype=object)
+    which, seen = pd.factorize(zones)
+    grouped = np.array([zone_group(zone) for zone in seen] + [None], dtype=object)
+    return grouped[which]  # -1 (missing) takes the appended None
 
 
 def affinities(rows: pd.DataFrame | Columns) -> np.ndarray:

@@ -74,20 +74,25 @@ def variant_features(titles: Sequence[str], tags: Sequence[Sequence[str]]) -> pd
     return pd.DataFrame(rows, columns=list(VARIANT_FEATURES)).astype("float64")
 
 
+REGIONS = {
+    "America": "americas",
+    "US": "americas",
+    "Europe": "europe_africa",
+    "Africa": "europe_africa",
+    "Asia": "asia_pacific",
+    "Australia": "asia_pacific",
+    "Pacific": "asia_pacific",
+}
+
+
 def timezone_group(zones: pd.Series) -> pd.Series:
     """A coarse region from an IANA name: enough for slices and a model input, robust to new zones."""
-    region = zones.fillna("").str.split("/").str[0]
-    return region.map(
-        {
-            "America": "americas",
-            "US": "americas",
-            "Europe": "europe_africa",
-            "Africa": "europe_africa",
-            "Asia": "asia_pacific",
-            "Australia": "asia_pacific",
-            "Pacific": "asia_pacific",
-        }
-    )
+    return zones.fillna("").str.split("/").str[0].map(REGIONS)
+
+
+def zone_group(zone: object) -> str | None:
+    """`timezone_group` of one zone (serving's per-request path: no Series for one value)."""
+    return REGIONS.get(zone.split("/")[0]) if isinstance(zone, str) else None
 
 
 class FeatureFrame(BaseEstimator, TransformerMixin):
