@@ -23,11 +23,15 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
-def plan_store(request: Request) -> PlanStore:
+# The dependencies that only read the app's or the request's state are `async def`: FastAPI runs a
+# plain `def` dependency in its thread pool, a thread hop per dependency per request for nothing.
+
+
+async def plan_store(request: Request) -> PlanStore:
     return _state(request).plan_store
 
 
-def model_set(request: Request) -> ModelSet:
+async def model_set(request: Request) -> ModelSet:
     return _state(request).models
 
 
@@ -86,7 +90,7 @@ def require(*roles: Role) -> Callable[..., Caller]:
     The key itself was checked by serving.guard before the body was read (401 there); the
     `Security` parameter only declares the scheme in the OpenAPI schema."""
 
-    def check(request: Request, x_api_key: Annotated[str | None, Security(API_KEY)]) -> Caller:
+    async def check(request: Request, x_api_key: Annotated[str | None, Security(API_KEY)]) -> Caller:
         caller: Caller | None = getattr(request.state, "caller", None)
         if caller is None:  # not behind the guard: nothing vouches for the key
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from functools import lru_cache
 from typing import Any, cast
 
 import pandas as pd
@@ -36,10 +37,6 @@ HOLDING = (
 HOLDING_MARGIN = timedelta(days=7)
 # Past this many users, held sends are read by time range and filtered here, not by an IN list.
 USER_FILTER_LIMIT = 10_000
-
-
-# Items per INSERT statement: within PostgreSQL's 65,535 and SQLite's 32,766 bound parameters.
-UPSERT_ROWS = 500
 
 
 class PlanItemRepository:
@@ -75,12 +72,12 @@ class PlanItemRepository:
                 {**{k: _column_value(v) for k, v in item.model_dump().items()}, "updated_at": now}
                 for item in validated
             ]
-            upsert = _upsert(session, list(rows[0])) if rows else None
-            for start in range(0, len(rows), UPSERT_ROWS):
+            if rows:
                 # Counted by what the statement returns (the rows it inserted or replaced): drivers'
-                # rowcount of a multi-row upsert is not reliable (psycopg gives -1).
-                chunk = cast(Any, upsert).values(rows[start : start + UPSERT_ROWS])
-                written += len(session.connection().execute(chunk).all())  # Core: as written
+                # rowcount of a multi-row upsert is not reliable (psycopg gives -1). Executed with a
+                # list of rows, SQLAlchemy sends them as multi-row VALUES of its cached statement.
+                upsert = _upsert(session.get_bind().dialect.name, tuple(rows[0]))
+                written += len(session.connection().execute(upsert, rows).all())
         return written
 
     def list_items(
@@ -181,19 +178,21 @@ _PLAN_ITEMS = cast(sa.Table, PlanItemRow.__table__)
 _KEY = ("campaign_id", "user_id", "firing_id")
 
 
-def _upsert(session: Session, columns: list[str]) -> Any:
+@lru_cache(maxsize=16)
+def _upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     """One INSERT for new items and re-plans alike: on the (campaign, user, firing) key, a stored item
     is replaced in `columns` (what a plan writes; it keeps its plan_id) only while it is still
     REPLANNABLE, decided by the database in the statement itself. A due-scan that queues the item
     first, or another process that stores the same new user first, is seen: no read-then-write
     gap, no unique-key error to retry."""
-    dialect = session.get_bind().dialect.name
     insert = postgresql.insert(_PLAN_ITEMS) if dialect == "postgresql" else sqlite.insert(_PLAN_ITEMS)
     kept = {"plan_id", *_KEY}  # and the columns a plan does not write (dispatch's claim, lease)
     return insert.on_conflict_do_update(
         index_elements=list(_KEY),
         set_={name: insert.excluded[name] for name in columns if name not in kept},
-        where=_PLAN_ITEMS.c.state.in_(sorted(REPLANNABLE)),
+        # One comparison per state, not IN: an IN list is an expanding parameter, which a statement
+        # executed with many rows may not hold.
+        where=sa.or_(*(_PLAN_ITEMS.c.state == state for state in sorted(REPLANNABLE))),
     ).returning(_PLAN_ITEMS.c.plan_id)
 
 
