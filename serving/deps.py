@@ -6,7 +6,7 @@ which operations need one, and the docs page can send it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
@@ -84,7 +84,7 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def require(*roles: Role) -> Callable[..., Caller]:
+def require(*roles: Role) -> Callable[..., Awaitable[Caller]]:
     """A dependency admitting callers whose key has one of `roles` (admin always): 403 otherwise.
 
     The key itself was checked by serving.guard before the body was read (401 there); the
