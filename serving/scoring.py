@@ -128,11 +128,16 @@ class ModelSet:
         if scorer is None:
             return predict(SEND_HOUR, model, to_frame(features))
         n = length(features)
-        full = np.zeros((n, 24))
+        out = np.zeros((n, 24))
         for start in range(0, n, CHUNK_ROWS):
+            # Chunk by chunk, the habit blend included: its components are 8 (rows × 24) matrices,
+            # 1.5 GB for a million users at once.
             rows = take(features, slice(start, start + CHUNK_ROWS))
-            full[start : start + CHUNK_ROWS, scorer.classes] = scorer.proba(scorer.encode(rows))
-        return model.combine(full, features) if isinstance(model, HourBlend) else full
+            full = np.zeros((length(rows), 24))
+            full[:, scorer.classes] = scorer.proba(scorer.encode(rows))
+            blended = model.combine(full, rows) if isinstance(model, HourBlend) else full
+            out[start : start + len(full)] = blended
+        return out
 
     def variant_scores(
         self,
