@@ -76,7 +76,7 @@ def build_audience(
         user_ids,
         campaign.campaign_id,
     )
-    return Audience(pd.DataFrame(profiles), hour_scores, variant_scores, dict(models.versions))
+    return Audience(profiles, hour_scores, variant_scores, dict(models.versions))
 
 
 def is_weekend(moment: pd.Timestamp, zones: np.ndarray) -> np.ndarray:

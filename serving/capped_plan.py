@@ -16,7 +16,7 @@ from pushplan.domain import Campaign, PlannedByTrigger
 from pushplan.settings import Settings
 from pushplan.windows import QuietHours
 from serving.audience import build_audience
-from serving.planner import Arbitration, Audience, arbitrate_caps, plan
+from serving.planner import Arbitration, Audience, arbitrate_caps, plan, user_ids_of
 from serving.scoring import ModelSet
 
 
@@ -63,7 +63,7 @@ def plan_within_caps(
     seed: int = 0,
 ) -> Arbitration:
     """Plan the audience, then keep it within caps given other campaigns' held sends; stores nothing."""
-    user_ids = audience.users["user_id"].astype(str).tolist()
+    user_ids = user_ids_of(audience).tolist()
     cap = FrequencyCap.of(settings, campaign)
     kept = store.sends_kept(campaign.campaign_id, user_ids) if cap.campaign_total is not None else 0
     quiet = QuietHours.of(settings)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -48,17 +48,29 @@ PLAN_NAMESPACE = uuid.UUID("8f0c5d36-8a3e-4b8e-9d59-2f2d1f6c1a70")
 class Audience:
     """Who may be planned for, with the models' scores for them (rows aligned).
 
-    `users` has user_id, timezone and the opt-in columns; `hour_scores` is (users × 24) over local
+    `users` has user_id, timezone and the opt-in columns, as a frame or as `features.columns`
+    arrays (what a read gives: no frame per request); `hour_scores` is (users × 24) over local
     hours; `variant_scores` is (users × variants) p(click), variants in the campaign's order.
     """
 
-    users: pd.DataFrame
+    users: pd.DataFrame | Mapping[str, np.ndarray]
     hour_scores: np.ndarray
     variant_scores: np.ndarray
     model_versions: dict[str, str] = field(default_factory=dict)
     # Which users the campaign's audience rule selects (None: all): the others are not planned,
     # skipped with `not_in_audience` (only listed users can be outside; plan jobs plan members only).
     members: np.ndarray | None = None
+
+
+def user_column(users: pd.DataFrame | Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """One column of an Audience's users as a numpy array, in row order."""
+    values = users[name]
+    return values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+
+
+def user_ids_of(audience: Audience) -> np.ndarray:
+    """The audience's user ids as an object array of str."""
+    return user_column(audience.users, "user_id").astype(str).astype(object)
 
 
 def exploration_draws(
@@ -114,11 +126,12 @@ def plan(
     frame once, so one user costs little more than a call and a million users a few seconds.
     """
     quiet = quiet or QuietHours()
-    users = audience.users.reset_index(drop=True)
-    n, n_variants = len(users), len(campaign.variants)
+    users = audience.users
+    user_ids = user_ids_of(audience)
+    n, n_variants = len(user_ids), len(campaign.variants)
     if audience.hour_scores.shape != (n, 24) or audience.variant_scores.shape != (n, n_variants):
         raise ValueError("scores must be (users × 24) and (users × the campaign's variants)")
-    user_ids = users["user_id"].astype(str).to_numpy()
+    zone_names = user_column(users, "timezone").astype(str).astype(object)
     decision = np.full(n, Decision.skip.value, dtype=object)
     reason = np.full(n, None, dtype=object)
     state = np.full(n, ItemState.suppressed.value, dtype=object)
@@ -134,7 +147,9 @@ def plan(
     for option in reversed(campaign.channels):  # the first opted-in channel wins
         column = OPT_IN_OF_CHANNEL.get(option)
         reachable = (
-            users[column].fillna(False).astype(bool).to_numpy() if column in users else np.ones(n, dtype=bool)
+            _flags(user_column(users, column))
+            if column is not None and column in users
+            else np.ones(n, dtype=bool)
         )
         channel[reachable] = option.value
     eligible = channel != None  # noqa: E711 (elementwise on an object array)
@@ -159,7 +174,7 @@ def plan(
         # seconds after its event): it sends from now, not from the next slot of the grid.
         slots_from = pd.Timestamp(now).ceil("s")
 
-    zone_codes, zones = pd.factorize(users["timezone"].astype(str), sort=True)
+    zone_codes, zones = pd.factorize(zone_names, sort=True)
     for code, zone in enumerate(zones):
         rows = np.flatnonzero((zone_codes == code) & eligible)
         if rows.size == 0:
@@ -228,9 +243,16 @@ def plan(
             "model_send_at": pd.DatetimeIndex(model_send_at.view("datetime64[ns]")).tz_localize("UTC"),
             "model_versions": [dict(audience.model_versions) for _ in range(n)],
             "state": state,
-            "timezone": users["timezone"].astype(str).to_numpy(),
+            "timezone": zone_names,
         }
     )
+
+
+def _flags(values: np.ndarray) -> np.ndarray:
+    """Booleans of a column that may hold None (missing: False)."""
+    if values.dtype == bool:
+        return values
+    return np.asarray(pd.Series(values, dtype=object).fillna(False), dtype=bool)
 
 
 def plan_ids(
@@ -280,7 +302,7 @@ def arbitrate_caps(
     """
     quiet = quiet or QuietHours()
     items = items.copy()
-    users = audience.users.reset_index(drop=True)
+    zones = user_column(audience.users, "timezone")
     sends = items["decision"].to_numpy() == Decision.send.value
     if not cap.allows_any:
         _mark_capped(items, sends)
@@ -295,7 +317,7 @@ def arbitrate_caps(
         for row in np.flatnonzero(sends & items["user_id"].isin(by_user).to_numpy()):
             mine = by_user[items.at[row, "user_id"]]
             mine = mine[~mine["plan_id"].isin(displaced)]
-            zone, channel = str(users.at[row, "timezone"]), str(items.at[row, "channel"])
+            zone, channel = str(zones[row]), str(items.at[row, "channel"])
             at = items.at[row, "send_at"]
             pairs = list(zip(mine["send_at"], mine["channel"], strict=True))
             if cap.admits(pairs, at, channel, zone):
