@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
+from features.store import feature_store
 from pushplan.db.engine import migrate
 from pushplan.db.store import PlanStore
 from pushplan.settings import Settings, get_settings
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.plan_store = PlanStore(chosen)
         app.state.limits = Limits(chosen)
         app.state.models = ModelSet.load(chosen)
+        feature_store(chosen)  # built now (registry read, online store connection), not by the first request
         yield
         app.state.plan_store.engine.dispose()
 
