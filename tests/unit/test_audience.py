@@ -65,6 +65,12 @@ def _campaign(start: Any) -> Campaign:
     )
 
 
+def _request(at: Any, hour: int) -> dict[str, Any]:
+    """The variant service's request context: a 12-hour window from `at`, the hour being scored."""
+    window = {"window_start": at, "window_end": at + timedelta(hours=12)}
+    return {"request_time": at, "candidate_local_hour": hour, **window, "variant_tags": ""}
+
+
 def _fit(spec: Any, store: FeatureStore, rows: pd.DataFrame, labels: np.ndarray) -> Any:
     """A small pipeline shaped like the logged ones (FeatureFrame → LGBMClassifier)."""
     frame = FeatureFrame(columns=input_columns(spec, store)).fit(rows)
@@ -80,13 +86,7 @@ def models(built: tuple[Settings, FeatureStore], users: list[str]) -> ModelSet:
     rng = np.random.default_rng(0)
     hours = online_features(store, settings, SEND_HOUR.feature_service, users).assign(is_weekend=0.0)
     hour_model = _fit(SEND_HOUR, store, hours, rng.integers(0, 24, len(hours)))
-    request = {
-        "request_time": last,
-        "candidate_local_hour": 19,
-        "window_start": last,
-        "window_end": last + timedelta(hours=12),
-        "variant_tags": "",
-    }
+    request = _request(last, 19)
     variant = online_features(store, settings, VARIANT.feature_service, users, request)
     examples = pd.concat([with_variant(variant, v["title"], v["tags"]) for v in VARIANTS], ignore_index=True)
     variant_model = _fit(VARIANT, store, examples, (rng.random(len(examples)) < 0.3).astype(int))
@@ -194,13 +194,7 @@ def test_serving_columns_score_as_the_mlflow_models_predict_proba(
         )
         loaded[name] = mlflow.sklearn.load_model(str(tmp_path / name))
     served = ModelSet(settings, models=loaded, versions={SEND_HOUR.name: "1", VARIANT.name: "1"})
-    request = {
-        "request_time": last,
-        "candidate_local_hour": 20,
-        "window_start": last,
-        "window_end": last + timedelta(hours=12),
-        "variant_tags": "",
-    }
+    request = _request(last, 20)
     variants = [(v["title"], list(v["tags"])) for v in VARIANTS]
     for sample in (users[:1], users[-6:], users):  # one user, the cold-start ones, all
         stored = read_columns(store, sample, audience_refs(store))
