@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from features.columns import Columns, hour_matrix, length, numbers, of_frame, take, to_frame
-from pushplan.domain import VARIANT_TAGS
+from features.feature_repo.transforms import affinities, tag_mask
+from features.feature_repo.transforms import tag_match as match_tags
 from pushplan.settings import Settings, per_settings
 from training.baselines import variant_rule_scores
 from training.frames import CATEGORIES, HOUR_VECTORS, variant_features, zone_group
@@ -302,49 +303,38 @@ class Scorer:
 
 def _codes(values: np.ndarray, category: str) -> np.ndarray:
     """Each value's position in the fixed CATEGORIES (NaN: missing or unknown), as the FeatureFrame's
-    pandas Categorical gives it to LightGBM; a dictionary per distinct value, not a Categorical (which
-    costs more than a one-user plan's trees)."""
+    pandas Categorical gives it to LightGBM; a dictionary look-up, not a Categorical (which costs
+    more than a one-user plan's trees)."""
     code = _CODES[category]
-    if len(values) <= _FEW:
-        return np.array([code.get(v, np.nan) if isinstance(v, str) else np.nan for v in values])
-    which, seen = pd.factorize(values)
-    known = np.array([code.get(v, np.nan) if isinstance(v, str) else np.nan for v in seen] + [np.nan])
-    return known[which]  # -1 (missing) takes the appended NaN
+    return _each_distinct(values, lambda v: code.get(v, np.nan) if isinstance(v, str) else np.nan, np.nan)
 
 
 _CODES = {
     category: {value: float(k) for k, value in enumerate(values)} for category, values in CATEGORIES.items()
 }
-# Below this many rows a dictionary per row; above, each distinct value is looked up once.
+# Below this many rows a look-up per row; above, each distinct value is looked up once.
 _FEW = 64
 
 
 def _groups(zones: np.ndarray) -> np.ndarray:
-    """`training.frames.timezone_group` of each zone (once per distinct zone for many)."""
-    if len(zones) <= _FEW:
-        return np.array([zone_group(zone) for zone in zones], dtype=object)
-    which, seen = pd.factorize(zones)
-    grouped = np.array([zone_group(zone) for zone in seen] + [None], dtype=object)
-    return grouped[which]  # -1 (missing) takes the appended None
+    """`training.frames.timezone_group` of each zone."""
+    return _each_distinct(zones, zone_group, None)
 
 
-def affinities(rows: pd.DataFrame | Columns) -> np.ndarray:
-    """(rows × VARIANT_TAGS) of the users' tag affinities, as floats."""
-    return np.column_stack([numbers(rows[f"affinity_{tag}"]) for tag in VARIANT_TAGS])
+def _each_distinct(values: np.ndarray, look_up: Callable[[Any], Any], missing: Any) -> np.ndarray:
+    """`look_up` of every value (floats, or objects when `missing` is None), once per distinct value
+    for many rows; a missing value (None, NaN) takes `missing`."""
+    dtype = object if missing is None else np.float64
+    if len(values) <= _FEW:
+        return np.array([look_up(v) for v in values], dtype=dtype)
+    which, seen = pd.factorize(values)
+    mapped = np.array([look_up(v) for v in seen] + [missing], dtype=dtype)
+    return mapped[which]  # -1 (missing) takes the appended `missing`
 
 
 def tag_match(affinity: np.ndarray, tags: list[str]) -> dict[str, np.ndarray]:
     """`transforms.tag_match_features` for one variant's tags on every row, as whole-array operations."""
-    mask = np.zeros(len(VARIANT_TAGS))
-    for tag in ",".join(tags).split(","):
-        if tag.strip() in VARIANT_TAGS:
-            mask[VARIANT_TAGS.index(tag.strip())] = 1.0
-    chosen = np.broadcast_to(mask, affinity.shape)
-    counts = chosen.sum(axis=1)
-    with np.errstate(invalid="ignore"):
-        mean = np.where(counts > 0, (affinity * chosen).sum(axis=1) / counts, np.nan)
-        top = np.where(counts > 0, np.where(chosen > 0, affinity, -np.inf).max(axis=1), np.nan)
-    return {"tag_affinity_mean": mean, "tag_affinity_max": top, "variant_tag_count": counts}
+    return match_tags(affinity, np.broadcast_to(tag_mask(",".join(tags)), affinity.shape))
 
 
 def variant_rows(rows: pd.DataFrame, title: str, tags: list[str], variant_id: str = "") -> pd.DataFrame:

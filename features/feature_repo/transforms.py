@@ -62,23 +62,38 @@ def _rank(values: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     return np.where(valid, ranks, np.nan)
 
 
-def _tag_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    affinity = np.column_stack([numbers(inputs[f"affinity_{tag}"]) for tag in VARIANT_TAGS])
-    # Few distinct tag lists for many rows: each list is parsed once.
-    tags = inputs["variant_tags"]
-    tags = tags.to_numpy(dtype=object) if isinstance(tags, pd.Series) else np.asarray(tags, dtype=object)
-    which, lists = pd.factorize(np.array(["" if t is None or t != t else str(t) for t in tags], dtype=object))
-    masks = np.zeros((len(lists) + 1, len(VARIANT_TAGS)))
-    for k, tags in enumerate(lists):
-        for tag in str(tags).split(","):
-            if tag.strip() in VARIANT_TAGS:
-                masks[k, VARIANT_TAGS.index(tag.strip())] = 1.0
-    chosen = masks[which]
+def affinities(inputs: Mapping[str, Any]) -> np.ndarray:
+    """(rows × VARIANT_TAGS) of the users' tag affinities, as floats (a frame or Columns)."""
+    return np.column_stack([numbers(inputs[f"affinity_{tag}"]) for tag in VARIANT_TAGS])
+
+
+def tag_mask(tags: str) -> np.ndarray:
+    """1.0 at each of VARIANT_TAGS a comma-separated tag list names (unknown tags are ignored)."""
+    mask = np.zeros(len(VARIANT_TAGS))
+    for tag in tags.split(","):
+        if tag.strip() in VARIANT_TAGS:
+            mask[VARIANT_TAGS.index(tag.strip())] = 1.0
+    return mask
+
+
+def tag_match(affinity: np.ndarray, chosen: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean and max of each row's affinities over its chosen tags, and how many it chose."""
     counts = chosen.sum(axis=1)
     with np.errstate(invalid="ignore"):
         mean = np.where(counts > 0, (affinity * chosen).sum(axis=1) / counts, np.nan)
         top = np.where(counts > 0, np.where(chosen > 0, affinity, -np.inf).max(axis=1), np.nan)
     return {"tag_affinity_mean": mean, "tag_affinity_max": top, "variant_tag_count": counts}
+
+
+def _tag_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    # Few distinct tag lists for many rows: each list is parsed once.
+    tags = inputs["variant_tags"]
+    tags = tags.to_numpy(dtype=object) if isinstance(tags, pd.Series) else np.asarray(tags, dtype=object)
+    which, lists = pd.factorize(np.array(["" if t is None or t != t else str(t) for t in tags], dtype=object))
+    masks = np.zeros((len(lists) + 1, len(VARIANT_TAGS)))
+    for k, listed in enumerate(lists):
+        masks[k] = tag_mask(str(listed))
+    return tag_match(affinities(inputs), masks[which])
 
 
 def tag_match_features(inputs: pd.DataFrame) -> pd.DataFrame:
