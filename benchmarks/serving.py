@@ -375,7 +375,7 @@ def service_figures(root: Path, args: argparse.Namespace) -> Any:
     if args.workers:
         load_figures(settings, root, key, bodies, args)
     print(f"load average after the requests: {load()}", flush=True)
-    floor_ms, _ = floor_figures(settings, store, campaign, known, now, args.floor_iterations)
+    floor_ms = floor_figures(settings, store, campaign, known, now, args.floor_iterations)
     for dry_run, measured in results.items():
         print(
             f"service p99 / floor p99, dry_run={str(dry_run).lower()}: "
@@ -387,11 +387,11 @@ def service_figures(root: Path, args: argparse.Namespace) -> Any:
 
 def floor_figures(
     settings: Settings, store: Any, campaign: Any, users: list[str], now: datetime, iterations: int
-) -> tuple[float, float]:
+) -> float:
     """In this process, for one user, the serving path's own steps without HTTP or the plan store:
     one Feast online read; the audience (that read, cold start, request features, the send-hour and
     variant models on arrays: `build_audience`); and the plan of it (`plan` and `arbitrate_caps`
-    with nothing held). Returns the floor's p99 (ms) and the audience's."""
+    with nothing held). Returns the floor's p99 (ms)."""
     from features.store import read_columns
     from pushplan.caps import FrequencyCap
     from pushplan.windows import QuietHours
@@ -424,7 +424,7 @@ def floor_figures(
     print(f"  Feast online read alone (one get_online_features)  {percentiles(reads)}")
     print(f"  audience: read + features + two models (arrays)    {percentiles(audiences)}")
     print(f"  floor: audience + plan + caps (target p99 <= 3 ms) {percentiles(floors)}", flush=True)
-    return p99(floors), p99(audiences)
+    return p99(floors)
 
 
 # ---- 2. offline planning -------------------------------------------------------------------------

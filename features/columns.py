@@ -147,9 +147,7 @@ def of_frame(frame: pd.DataFrame) -> Columns:
             out[name] = series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
         elif dtype.kind == "M":
             out[name] = series.to_numpy(dtype="datetime64[ns]")
-        elif (
-            dtype.kind in "fiub" or pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype)
-        ):
+        elif pd.api.types.is_numeric_dtype(dtype):  # booleans included
             out[name] = numbers(series.to_numpy())
         else:
             values = series.to_numpy(dtype=object)

@@ -18,7 +18,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -419,11 +419,16 @@ def request_columns(
                 rows[name] = texts([value] * n)
             else:
                 rows[name] = np.full(n, value, dtype=np.float64)
+    _require_request(store, service, rows)
+    return rows
+
+
+def _require_request(store: FeatureStore, service: str, present: Collection[str]) -> None:
+    """A service with the request-context view refuses rows without every REQUEST_FIELDS field."""
     if _needs_request(store, service):
-        absent = [name for name in REQUEST_FIELDS if name not in rows]
+        absent = [name for name in REQUEST_FIELDS if name not in present]
         if absent:
             raise ValueError(f"{service} needs request context: {', '.join(absent)}")
-    return rows
 
 
 Source = Literal["online", "offline"]
@@ -579,10 +584,7 @@ def training_set(
         raise ValueError("entity rows need user_id and event_timestamp columns")
     rows = entity_rows.reset_index(drop=True).copy()
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
-    if _needs_request(store, service):
-        absent = [name for name in REQUEST_FIELDS if name not in rows]
-        if absent:
-            raise ValueError(f"{service} needs request context: {', '.join(absent)}")
+    _require_request(store, service, rows.columns)
     # Only keys, time and request fields go to Feast (other columns, labels for one, ride along
     # here); Feast does not promise the rows' order back, so a row number restores it.
     keys = ["user_id", "event_timestamp", *(REQUEST_FIELDS if _needs_request(store, service) else ())]
@@ -638,8 +640,9 @@ def push_events(store: FeatureStore, settings: Settings, events: pd.DataFrame) -
         return 0
     users = sorted(set(relevant["user_id"]))
     refs = [f"user_fatigue:{field.name}" for field in definitions.user_fatigue_fv.features]
-    fields = [field.name for field in definitions.user_fatigue_fv.features]
-    current = to_frame(fill_cold(read_columns(store, users, refs), fields, settings), index=pd.Index(users))
+    current = to_frame(
+        fill_cold(read_columns(store, users, refs), _names(refs), settings), index=pd.Index(users)
+    )
     current.index.name = "user_id"
     epoch = pd.Series(epoch_seconds(relevant["timestamp"]), index=relevant.index)
     for kind, count_columns, last_column in (
